@@ -1,0 +1,94 @@
+"""A seeded generator of synthetic contest-format tiles, for trying the flow without any download.
+
+The tiles are not remote-sensing imagery: each label is a Voronoi map of the eight classes (plus a few
+unlabelled 0 pixels), and each image paints every class with its own colour and texture, so a model can
+learn the task in a few CPU minutes. Use them to exercise the pipelines, never to judge a model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".synthetic-complete"
+# One colour per class (RGB), chosen to be distinguishable but not trivially separable by one channel.
+_CLASS_COLOURS = np.array(
+    [
+        [40, 70, 140],
+        [150, 150, 150],
+        [200, 90, 70],
+        [180, 170, 60],
+        [110, 170, 80],
+        [30, 100, 40],
+        [160, 120, 80],
+        [220, 200, 200],
+    ],
+    dtype=np.float32,
+)
+
+
+def synthetic_tile(rng: np.random.Generator, size: int, label_values) -> tuple[np.ndarray, np.ndarray]:
+    """One (RGB uint8 image, uint16 label) pair."""
+    n_cls = len(label_values)
+    n_seeds = int(rng.integers(5, 10))
+    seeds = rng.uniform(0, size, size=(n_seeds, 2))
+    classes = rng.integers(0, n_cls, size=n_seeds)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dist = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
+    cls_map = classes[dist.argmin(axis=0)]
+    colours = _CLASS_COLOURS[np.arange(n_cls) % len(_CLASS_COLOURS)]
+    image = colours[cls_map]
+    # Class-dependent stripes make texture, not only colour, informative.
+    stripes = np.sin((xx + yy * (cls_map % 3)) * (0.2 + 0.1 * cls_map)) * 12
+    image = image + stripes[..., None] + rng.normal(0, 14, size=image.shape)
+    label = np.asarray(label_values, dtype=np.uint16)[cls_map]
+    y0, x0 = rng.integers(0, size - size // 8, size=2)
+    label[y0 : y0 + size // 16, x0 : x0 + size // 16] = 0  # a small unlabelled patch
+    return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def write_synthetic_tiles(
+    root: str | os.PathLike,
+    n_train: int = 48,
+    n_test: int = 16,
+    size: int = 256,
+    seed: int = 0,
+    label_values=(100, 200, 300, 400, 500, 600, 700, 800),
+) -> Path:
+    """Write ``root/{train,test}/{images,labels}`` once; later calls find the marker and return.
+
+    The tree is built in a temporary folder and renamed into place, so a killed run leaves no half tree.
+    """
+    root = Path(root)
+    if (root / COMPLETE_MARKER).exists():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"'{root}' exists and is not a finished synthetic demo tree; remove it first")
+    log.info("Writing %d + %d synthetic demo tiles to %s (seed %d)", n_train, n_test, root, seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        ids = rng.choice(np.arange(10_000, 200_000), size=n_train + n_test, replace=False)
+        for i, tid in enumerate(ids):
+            split = "train" if i < n_train else "test"
+            image, label = synthetic_tile(rng, size, label_values)
+            (tmp / split / "images").mkdir(parents=True, exist_ok=True)
+            (tmp / split / "labels").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(tmp / split / "images" / f"{tid}.tif", compression="tiff_lzw")
+            Image.fromarray(label).save(tmp / split / "labels" / f"{tid}.png")
+        (tmp / COMPLETE_MARKER).write_text(f"seed={seed} train={n_train} test={n_test} size={size}\n")
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,7 @@
+"""Kedro datasets the catalog needs that kedro-datasets lacks."""
+
+from naic_seg.datasets.checkpoint import TorchCheckpointDataset
+from naic_seg.datasets.json_atomic import AtomicJSONDataset
+from naic_seg.datasets.tile_folder import TileFolderDataset
+
+__all__ = ["AtomicJSONDataset", "TileFolderDataset", "TorchCheckpointDataset"]
