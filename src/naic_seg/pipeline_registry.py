@@ -2,10 +2,14 @@
 
 from kedro.pipeline import Pipeline
 
-from naic_seg.pipelines import data_prep
+from naic_seg.pipelines import data_prep, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    pipelines = {"data_prep": data_prep.create_pipeline()}
+    pipelines = {
+        "data_prep": data_prep.create_pipeline(),
+        "train_stage1": training.create_pipeline(stage=1),
+        "train_stage2": training.create_pipeline(stage=2),
+    }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

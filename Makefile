@@ -1,0 +1,36 @@
+# The README's commands. Each one creates or updates the virtual environment it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: the whole flow (data_prep, both training stages, submit) on the synthetic demo tiles.
+demo: $(STAMP)
+	$(BIN)/kedro run --env demo
+
+## The tests, then the linters. NAIC_SEG_RS8=<rs8 folder> adds the real-data tests.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## Every benchmark, JSON on stdout (see benchmarks/README section in README.md).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean-demo:
+	rm -rf data/01_raw/demo

@@ -1,0 +1,192 @@
+"""Reading manifest tiles for training, evaluation and prediction.
+
+Workers decode and resize; they hand uint8 images to the main process, which normalises on the
+device (a quarter of the bytes to move, and the arithmetic runs where the model runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from naic_seg.core.labels import ClassTable
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TileReadError(OSError):
+    """A tile named by a manifest cannot be read; the message names the file."""
+
+
+def read_image(path: str) -> np.ndarray:
+    """HxWx3 uint8. RGBA, grey and palette images are converted to RGB (data_prep warned about them)."""
+    try:
+        with Image.open(path) as im:
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except FileNotFoundError as err:
+        raise TileReadError(f"image '{path}' named by the manifest does not exist") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TileReadError(f"cannot read image '{path}': {type(err).__name__}: {err}") from err
+
+
+def read_label(path: str) -> np.ndarray:
+    """HxW stored label values (uint16)."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except FileNotFoundError as err:
+        raise TileReadError(f"label '{path}' named by the manifest does not exist") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise TileReadError(f"cannot read label '{path}': {type(err).__name__}: {err}") from err
+    if arr.ndim != 2:
+        raise TileReadError(f"label '{path}' is not single-channel (shape {arr.shape})")
+    return arr.astype(np.uint16, copy=False)
+
+
+def resize_image(image: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def resize_index_map(index: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None or index.shape[:2] == (size, size):
+        return index
+    return np.asarray(Image.fromarray(index).resize((size, size), Image.NEAREST))
+
+
+def flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, augment: dict):
+    """The optional flips (off by default: the reference found they hurt on NAIC)."""
+    if augment.get("hflip") and rng.random() < 0.5:
+        image, label = image[:, ::-1], None if label is None else label[:, ::-1]
+    if augment.get("vflip") and rng.random() < 0.5:
+        image, label = image[::-1], None if label is None else label[::-1]
+    return image, label
+
+
+class ManifestDataset(torch.utils.data.Dataset):
+    """Tiles of a manifest as ``{"image": uint8 3xSxS, "label": int64 SxS, "index": i}``.
+
+    Args:
+        manifest: entries ``{"filename": ..., "ann": {"seg_map": ...}}`` (``ann`` optional).
+        classes: maps stored values to indices; anything else becomes 255 (ignore).
+        size: square input size (bilinear image, nearest label), or None to keep each tile's size.
+        label_size: "input" resizes labels with the image (training); "original" keeps the tile's own
+            label (evaluation at the original size); None loads no label (prediction).
+        augment: ``{"hflip": bool, "vflip": bool}``; drawn from ``seed`` and the sample's position in
+            the stream, so a run is reproducible whatever the number of workers, and resumable.
+    """
+
+    def __init__(
+        self,
+        manifest: Sequence[dict],
+        classes: ClassTable,
+        size: int | None,
+        label_size: str | None = "input",
+        augment: dict | None = None,
+        seed: int = 0,
+    ):
+        if label_size not in ("input", "original", None):
+            raise ValueError(f"label_size must be 'input', 'original' or None, got {label_size!r}")
+        self.manifest = manifest
+        self.classes = classes
+        self.size = size
+        self.label_size = label_size
+        self.augment = {k: v for k, v in (augment or {}).items() if v}
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict:
+        index, position = item if isinstance(item, tuple) else (item, item)
+        entry = self.manifest[index]
+        image = read_image(entry["filename"])
+        label = None
+        if self.label_size is not None:
+            label = self.classes.to_index(read_label(entry["ann"]["seg_map"]))
+            if label.shape != image.shape[:2]:
+                raise TileReadError(
+                    f"label '{entry['ann']['seg_map']}' is {label.shape[1]}x{label.shape[0]} but its image "
+                    f"'{entry['filename']}' is {image.shape[1]}x{image.shape[0]}"
+                )
+        if self.augment:
+            rng = np.random.default_rng((self.seed, position))
+            image, label = flip(image, label, rng, self.augment)
+        sample = {
+            "image": torch.from_numpy(
+                np.ascontiguousarray(resize_image(image, self.size).transpose(2, 0, 1))
+            ),
+            "index": index,
+            "orig_size": torch.tensor(image.shape[:2]),
+        }
+        if label is not None:
+            if self.label_size == "input":
+                label = resize_index_map(label, self.size)
+            sample["label"] = torch.from_numpy(label.astype(np.int64))
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack what has one shape; labels of different original sizes stay a list."""
+    batch = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "index": torch.tensor([s["index"] for s in samples]),
+        "orig_size": torch.stack([s["orig_size"] for s in samples]),
+    }
+    if "label" in samples[0]:
+        labels = [s["label"] for s in samples]
+        same = all(lab.shape == labels[0].shape for lab in labels)
+        batch["label"] = torch.stack(labels) if same else labels
+    return batch
+
+
+class Normalizer(torch.nn.Module):
+    """uint8 NCHW -> float ImageNet-normalised, on whatever device the batch is on."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
+        self.register_buffer(
+            "shift",
+            torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1),
+            persistent=False,
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float() * self.scale - self.shift
+
+
+class InfiniteSampler(torch.utils.data.Sampler):
+    """An endless stream of seeded permutations, sharded across ranks, that can start mid-stream.
+
+    Yields ``(index, position)``: ``position`` counts samples from the start of training over all
+    ranks, so a resumed run (``start`` = samples already consumed) sees exactly the samples, in the
+    same order and with the same augmentation draws, that an uninterrupted run would.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        if n <= 0:
+            raise ValueError("cannot sample from an empty manifest")
+        self.n, self.seed, self.start, self.rank, self.world_size = n, seed, start, rank, world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = self.start + self.rank
+        epoch, perm = -1, None
+        while True:
+            if position // self.n != epoch:
+                epoch = position // self.n
+                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            yield int(perm[position % self.n]), position
+            position += self.world_size
+
+
+def tile_ids(manifest: Sequence[dict]) -> list[str]:
+    return [Path(e["filename"]).stem for e in manifest]
