@@ -33,12 +33,13 @@ def make_checkpoint(
         "metrics": metrics or {},
         "classes": list(classes),
         "stage": stage,
+        "preprocess": preprocess or {},  # e.g. {"input_size": 512}: prediction resizes tiles the same way
     }
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> None:
     with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+        torch.save({k: v for k, v in checkpoint.items() if k != "source"}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -58,4 +59,5 @@ def load_checkpoint(path: str | Path) -> dict:
     missing = [k for k in MODEL_KEYS if k not in ckpt.get("model", {})]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' lacks model configuration keys {missing}")
+    ckpt["source"] = str(path)  # for error messages; not saved back
     return ckpt

@@ -92,6 +92,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         label_size: str | None = "input",
         augment: dict | None = None,
         seed: int = 0,
+        keep_above: int | None = None,
     ):
         if label_size not in ("input", "original", None):
             raise ValueError(f"label_size must be 'input', 'original' or None, got {label_size!r}")
@@ -101,6 +102,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.label_size = label_size
         self.augment = {k: v for k, v in (augment or {}).items() if v}
         self.seed = seed
+        self.keep_above = keep_above  # tiles with a side above this are not resized (sliding windows)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -135,9 +137,10 @@ class ManifestDataset(torch.utils.data.Dataset):
 
 
 def collate(samples: list[dict]) -> dict:
-    """Stack what has one shape; labels of different original sizes stay a list."""
+    """Stack what has one shape; images or labels of different sizes stay lists."""
+    images = [s["image"] for s in samples]
     batch = {
-        "image": torch.stack([s["image"] for s in samples]),
+        "image": torch.stack(images) if all(i.shape == images[0].shape for i in images) else images,
         "index": torch.tensor([s["index"] for s in samples]),
         "orig_size": torch.stack([s["orig_size"] for s in samples]),
     }

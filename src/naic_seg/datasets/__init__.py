@@ -2,6 +2,13 @@
 
 from naic_seg.datasets.checkpoint import TorchCheckpointDataset
 from naic_seg.datasets.json_atomic import AtomicJSONDataset
+from naic_seg.datasets.submission import PredictionsPickleDataset, SubmissionZipDataset
 from naic_seg.datasets.tile_folder import TileFolderDataset
 
-__all__ = ["AtomicJSONDataset", "TileFolderDataset", "TorchCheckpointDataset"]
+__all__ = [
+    "AtomicJSONDataset",
+    "PredictionsPickleDataset",
+    "SubmissionZipDataset",
+    "TileFolderDataset",
+    "TorchCheckpointDataset",
+]

@@ -106,7 +106,13 @@ def train_stage(
         )
     model_config.pop("pretrained", None)
     checkpoint = make_checkpoint(
-        model_config, result.state_dict, result.iteration, summary, table.as_config(), stage=name
+        model_config,
+        result.state_dict,
+        result.iteration,
+        summary,
+        table.as_config(),
+        stage=name,
+        preprocess={"input_size": config.input_size},
     )
     return checkpoint, metrics, result.grid
 

@@ -1,0 +1,147 @@
+"""The predictions pickle and the contest submission zip: streamed, atomic, checked before they appear.
+
+The pickle is a stream of records ``(tile id, PNG bytes of the uint8 class map)`` after a header, read
+back with an unpickler that refuses every class (records hold only str and bytes), so a tampered file
+cannot run code. It is still an internal intermediate: do not load one from an untrusted source.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from naic_seg.core.atomic import atomic_path
+from naic_seg.core.predict import decode_png, encode_png
+
+PICKLE_FORMAT = "naic-seg-predictions/1"
+TILE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class SubmissionError(ValueError):
+    """A predictions file or submission zip is malformed; the message names the file and the entry."""
+
+
+def entry_name(tile_id: str) -> str:
+    """``results/<id>.png``; an id that could name anything outside ``results/`` is refused."""
+    if not TILE_ID.fullmatch(tile_id) or ".." in tile_id:
+        raise SubmissionError(
+            f"tile id {tile_id!r} cannot name a submission entry (letters, digits, _ . - only)"
+        )
+    return f"results/{tile_id}.png"
+
+
+class _NoClassesUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"predictions files hold only str and bytes; refused {module}.{name}")
+
+
+def write_predictions(path: str | os.PathLike, records: Iterable[tuple[str, bytes]]) -> int:
+    """Stream records into ``path`` atomically; returns how many were written."""
+    count = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump({"format": PICKLE_FORMAT}, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        for tile_id, png in records:
+            pickle.dump((str(tile_id), bytes(png)), fh, protocol=pickle.HIGHEST_PROTOCOL)
+            count += 1
+    return count
+
+
+class PredictionsReader:
+    """Iterates ``(tile id, PNG bytes)`` from a predictions file, one record in memory at a time."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[tuple[str, bytes]]:
+        with open(self.path, "rb") as fh:
+            unpickler = _NoClassesUnpickler(fh)
+            try:
+                header = unpickler.load()
+            except (pickle.UnpicklingError, EOFError) as err:
+                raise SubmissionError(f"'{self.path}' is not a naic-seg predictions file: {err}") from err
+            if not isinstance(header, dict) or header.get("format") != PICKLE_FORMAT:
+                raise SubmissionError(f"'{self.path}' is not a naic-seg predictions file ({PICKLE_FORMAT})")
+            while True:
+                try:
+                    record = unpickler.load()
+                except EOFError:
+                    return
+                except pickle.UnpicklingError as err:
+                    raise SubmissionError(f"'{self.path}' is corrupt or was tampered with: {err}") from err
+                if not (isinstance(record, tuple) and len(record) == 2 and isinstance(record[1], bytes)):
+                    raise SubmissionError(f"'{self.path}' holds a record that is not (id, PNG bytes)")
+                yield record
+
+
+def submission_entries(
+    predictions: Iterable[tuple[str, bytes]], class_values: Sequence[int]
+) -> Iterator[tuple[str, bytes]]:
+    """uint8 class maps -> contest entries: uint16 PNG of ``values[class]`` (100..800 for NAIC)."""
+    lut = np.zeros(256, dtype=np.uint16)
+    lut[: len(class_values)] = class_values
+    for tile_id, png in predictions:
+        yield entry_name(tile_id), encode_png(lut[decode_png(png)])
+
+
+def write_submission(
+    path: str | os.PathLike,
+    entries: Iterable[tuple[str, bytes]],
+    expected: dict[str, tuple[int, int]],
+    class_values: Sequence[int],
+) -> int:
+    """Write the zip to a temporary file, check it against ``expected`` (entry -> (w, h)), then rename."""
+    with atomic_path(path) as tmp:
+        # PNG is already deflated: storing avoids compressing twice.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            seen = set()
+            for name, data in entries:
+                if name in seen:
+                    raise SubmissionError(f"two predictions for '{name}'")
+                seen.add(name)
+                zf.writestr(name, data)
+        return check_submission(tmp, expected, class_values)
+
+
+def check_submission(
+    path: str | os.PathLike, expected: dict[str, tuple[int, int]], class_values: Sequence[int]
+) -> int:
+    """One entry per expected tile, each a uint16 PNG of the tile's size holding only class values."""
+    valid = np.zeros(65536, dtype=bool)
+    valid[list(class_values)] = True
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        missing = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        if missing or extra:
+            raise SubmissionError(
+                f"submission {path}: {len(missing)} tile(s) missing (e.g. {missing[:3]}), "
+                f"{len(extra)} unexpected entr(ies) (e.g. {extra[:3]})"
+            )
+        for name in names:
+            with Image.open(io.BytesIO(zf.read(name))) as im:
+                mode, size = im.mode, im.size
+                arr = np.asarray(im)
+            if mode not in ("I;16", "I;16B", "I;16L") or arr.dtype != np.uint16:
+                raise SubmissionError(f"submission entry {name} is {mode}, not a 16-bit PNG")
+            if size != tuple(expected[name]):
+                raise SubmissionError(
+                    f"submission entry {name} is {size}, its tile is {tuple(expected[name])}"
+                )
+            if not valid[arr].all():
+                raise SubmissionError(f"submission entry {name} holds values outside {list(class_values)}")
+    return len(names)
+
+
+def read_submission(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
+    """``(tile id, uint16 value map)`` for every entry of a submission zip."""
+    with zipfile.ZipFile(path) as zf:
+        for name in zf.namelist():
+            yield Path(name).stem, decode_png(zf.read(name))

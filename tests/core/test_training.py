@@ -1,0 +1,155 @@
+"""The training engine on tiny synthetic data: schedule, learning, resume, NaN guard."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from naic_seg.core.checkpoint import CheckpointError
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.synthetic import write_synthetic_tiles
+from naic_seg.core.tiles import TileListing, prepare
+from naic_seg.core.training import RESUME_FILE, NonFiniteLossError, TrainConfig, poly_lr, train
+from naic_seg.pipelines.training.nodes import resolve_model_config
+
+MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    root = write_synthetic_tiles(
+        tmp_path_factory.mktemp("syn") / "tiles", n_train=24, n_test=2, size=64, seed=3
+    )
+
+    def listing(sub):
+        folder = root / sub
+        return TileListing(str(folder), tuple(sorted(str(p) for p in folder.iterdir())))
+
+    table = ClassTable.naic()
+    prepared = prepare(
+        listing("train/images"),
+        listing("train/labels"),
+        listing("test/images"),
+        table.values,
+        table.names,
+        holdout=6,
+        workers=0,
+    )
+    return prepared.train_manifest, prepared.val_manifest
+
+
+def config(tmp_path: Path, **overrides) -> TrainConfig:
+    params = dict(
+        iterations=12,
+        batch_size=4,
+        lr=0.01,
+        input_size=64,
+        workers=0,
+        eval_interval=1000,
+        log_interval=4,
+        checkpoint_interval=4,
+        work_dir=str(tmp_path / "work"),
+        seed=7,
+    )
+    params.update(overrides)
+    return TrainConfig.from_params(params)
+
+
+def test_poly_schedule_equals_the_formula():
+    assert poly_lr(0, 100, 1e-2, 1e-4) == pytest.approx(1e-2)
+    assert poly_lr(50, 100, 1e-2, 1e-4) == pytest.approx((1e-2 - 1e-4) * 0.5**0.9 + 1e-4)
+    assert poly_lr(100, 100, 1e-3, 1e-4) == pytest.approx(1e-4)
+    assert poly_lr(99, 100, 1e-2, 1e-4) > poly_lr(100, 100, 1e-2, 1e-4)
+
+
+def test_unknown_training_parameter_is_named():
+    with pytest.raises(ValueError, match="unknown training parameter.*'itertions'"):
+        TrainConfig.from_params({"iterations": 1, "itertions": 2})
+
+
+def test_stage_two_takes_its_model_from_stage_one_at_stride_eight():
+    stage1 = {"model": {**MODEL, "aux": True, "dropout": 0.1}}
+    config = resolve_model_config({"output_stride": 8}, stage1)
+    assert config == {**MODEL, "aux": True, "dropout": 0.1, "output_stride": 8, "pretrained": None}
+
+
+def test_loss_falls_and_validation_miou_rises_well_above_chance(manifests, tmp_path):
+    train_m, val_m = manifests
+    logged = []
+    model = {**MODEL, "output_stride": 8}  # 8x8 features at 64 px learn the Voronoi edges in 60 steps
+    result = train(
+        model,
+        config(tmp_path, iterations=60, lr=0.05, eval_interval=60, log_interval=10),
+        train_m,
+        val_m,
+        ClassTable.naic(),
+        log_fn=lambda m, s: logged.append((s, m)),
+    )
+    losses = [m["loss"] for _, m in logged if "loss" in m]
+    assert losses[-1] < 0.7 * losses[0]
+    assert result.metrics["mIoU"] > 0.3  # chance is 1/8; this seed reaches about 0.41
+    assert [h["iteration"] for h in result.history] == [60]
+    steps = {s for s, m in logged if "val_mIoU" in m}
+    assert steps == {60}
+
+
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(manifests, tmp_path, caplog):
+    train_m, val_m = manifests
+    reference = train(MODEL, config(tmp_path / "a"), train_m, val_m, ClassTable.naic())
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_10(metrics, step):
+        if step == 10:
+            raise Killed
+
+    cfg = config(tmp_path / "b", log_interval=2)
+    with pytest.raises(Killed):
+        train(MODEL, cfg, train_m, val_m, ClassTable.naic(), log_fn=kill_at_10)
+    assert torch.load(Path(cfg.work_dir) / RESUME_FILE, weights_only=True)["iteration"] == 8
+
+    lrs = {}
+    with caplog.at_level(logging.INFO):
+        resumed = train(
+            MODEL, cfg, train_m, val_m, ClassTable.naic(), log_fn=lambda m, s: lrs.update({s: m.get("lr")})
+        )
+    assert "Resuming from iteration 8 of 12" in caplog.text
+    assert resumed.resumed_from == 8 and resumed.iteration == 12
+    assert lrs[10] == pytest.approx(poly_lr(9, 12, 0.01, 1e-4))
+    for key, value in reference.state_dict.items():
+        assert torch.equal(value, resumed.state_dict[key]), key
+    assert resumed.metrics == reference.metrics
+
+
+def test_same_seed_gives_the_same_weights(manifests, tmp_path):
+    train_m, val_m = manifests
+    a = train(MODEL, config(tmp_path / "a", iterations=4), train_m, val_m, ClassTable.naic())
+    b = train(MODEL, config(tmp_path / "b", iterations=4), train_m, val_m, ClassTable.naic())
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    assert a.metrics == b.metrics
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(manifests, tmp_path):
+    train_m, val_m = manifests
+    train(MODEL, config(tmp_path, iterations=4), train_m, val_m, ClassTable.naic())
+    with pytest.raises(CheckpointError, match="lr differ"):
+        train(MODEL, config(tmp_path, iterations=4, lr=0.5), train_m, val_m, ClassTable.naic())
+    fresh = train(
+        MODEL, config(tmp_path, iterations=4, lr=0.5, resume=False), train_m, val_m, ClassTable.naic()
+    )
+    assert fresh.resumed_from == 0
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(manifests, tmp_path):
+    train_m, val_m = manifests
+    cfg = config(tmp_path, iterations=50, lr=1e12, min_lr=1e12, checkpoint_interval=1, log_interval=1)
+    with pytest.raises(NonFiniteLossError, match="NaN or infinite") as info:
+        train(MODEL, cfg, train_m, val_m, ClassTable.naic())
+    assert "resume checkpoint" in str(info.value)
+    state = torch.load(Path(cfg.work_dir) / RESUME_FILE, weights_only=True)
+    assert 1 <= state["iteration"] < 50
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
