@@ -1,4 +1,4 @@
-"""data_prep through Kedro: catalog-driven inputs, data_root as a runtime parameter, nothing written on failure."""
+"""data_prep through Kedro: catalog inputs, data_root as a runtime parameter, nothing written on failure."""
 
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ def make_checkpoint(
     metrics: dict | None,
     classes: list[dict],
     stage: str | None = None,
+    preprocess: dict | None = None,
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,

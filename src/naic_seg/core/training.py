@@ -420,13 +420,13 @@ def train(
             at_log = done % cfg.log_interval == 0 or done == cfg.iterations
             at_ckpt = done % cfg.checkpoint_interval == 0 or done == cfg.iterations
             at_eval = done % cfg.eval_interval == 0 or done == cfg.iterations
-            if at_log or at_ckpt or at_eval:
-                if bool(nonfinite.item()):
-                    raise NonFiniteLossError(
-                        f"the loss became NaN or infinite before iteration {done} (lr {lr:.3e}); training "
-                        f"stopped. The last good resume checkpoint ({resume_path or 'none: no work_dir'}) "
-                        "is untouched: lower the learning rate or check the data, then run again."
-                    )
+            # Checked (one device sync) only where something is logged or saved, never before a save.
+            if (at_log or at_ckpt or at_eval) and bool(nonfinite.item()):
+                raise NonFiniteLossError(
+                    f"the loss became NaN or infinite before iteration {done} (lr {lr:.3e}); training "
+                    f"stopped. The last good resume checkpoint ({resume_path or 'none: no work_dir'}) "
+                    "is untouched: lower the learning rate or check the data, then run again."
+                )
             if at_log:
                 elapsed = time.perf_counter() - window_start
                 train_seconds += elapsed
