@@ -300,7 +300,8 @@ def train(
             model.load_state_dict(init_state, strict=True)
         except RuntimeError as err:
             raise CheckpointError(f"the initial checkpoint does not fit model {model_config}: {err}") from err
-    if world_size > 1:
+    if world_size > 1 and cuda:
+        # SyncBatchNorm runs on GPUs only; on CPU (gloo) each rank normalises over its own batch.
         model = convert_sync_batchnorm(model)
     model.to(device)
     if channels_last:

@@ -1,0 +1,190 @@
+"""Prediction (TTA, sliding windows, ensembles) and the pickle / zip formats."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from naic_seg.core.checkpoint import CheckpointError, make_checkpoint
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.models import build_model
+from naic_seg.core.predict import (
+    PredictConfig,
+    Predictor,
+    decode_png,
+    encode_png,
+    load_models,
+    predict_manifest,
+)
+from naic_seg.core.submission import (
+    PredictionsReader,
+    SubmissionError,
+    check_submission,
+    entry_name,
+    submission_entries,
+    write_predictions,
+    write_submission,
+)
+from tests.conftest import write_tile
+
+VALUES = ClassTable.naic().values
+MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
+
+
+class PixelwiseModel(torch.nn.Module):
+    """A 1x1 convolution: its output commutes with flips, so flip TTA must change nothing."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_flip_tta_of_a_flip_symmetric_model_equals_no_tta():
+    x = torch.randn(2, 3, 32, 32)
+    plain = Predictor([PixelwiseModel()], PredictConfig(tta="none"), 32, 8, torch.device("cpu")).logits(x)
+    flipped = Predictor([PixelwiseModel()], PredictConfig(tta="flip"), 32, 8, torch.device("cpu")).logits(x)
+    torch.testing.assert_close(plain, flipped)
+
+
+def test_flip_tta_changes_a_model_that_is_not_symmetric():
+    model = build_model(**MODEL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    plain = Predictor([model], PredictConfig(tta="none"), 64, 8, torch.device("cpu")).logits(x)
+    flipped = Predictor([model], PredictConfig(tta="flip_scale"), 64, 8, torch.device("cpu")).logits(x)
+    assert not torch.allclose(plain, flipped)
+
+
+def test_sliding_window_on_a_tile_the_window_size_equals_whole_tile_prediction():
+    model = build_model(**MODEL).eval()
+    predictor = Predictor([model], PredictConfig(), 64, 8, torch.device("cpu"))
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(predictor.slide(x, window=64, overlap=0.25), predictor.logits(x))
+
+
+def test_sliding_window_covers_a_large_tile_with_overlapping_windows():
+    predictor = Predictor([PixelwiseModel()], PredictConfig(batch_size=3), 32, 8, torch.device("cpu"))
+    x = torch.randn(1, 3, 80, 100)
+    # pixelwise model at the window's own scale: windows must reassemble the whole-tile logits
+    torch.testing.assert_close(
+        predictor.slide(x, window=32, overlap=0.5), predictor.logits(x), atol=1e-5, rtol=0
+    )
+
+
+def test_an_ensemble_averages_logits():
+    a, b = build_model(**MODEL).eval(), build_model(**MODEL).eval()
+    x = torch.randn(1, 3, 64, 64)
+    cpu = torch.device("cpu")
+    both = Predictor([a, b], PredictConfig(), 64, 8, cpu).logits(x)
+    mean = (
+        Predictor([a], PredictConfig(), 64, 8, cpu).logits(x)
+        + Predictor([b], PredictConfig(), 64, 8, cpu).logits(x)
+    ) / 2
+    torch.testing.assert_close(both, mean)
+
+
+def test_a_checkpoint_that_does_not_fit_its_model_is_named():
+    state = build_model(**MODEL).state_dict()
+    state.pop(next(iter(state)))
+    ckpt = make_checkpoint(MODEL, state, 1, {}, ClassTable.naic().as_config())
+    ckpt["source"] = "/models/broken.pt"
+    with pytest.raises(CheckpointError, match="/models/broken.pt"):
+        load_models([ckpt], torch.device("cpu"), False)
+
+
+def test_predictions_come_back_at_each_tiles_own_size(tmp_path):
+    manifest = []
+    for tid, size in ((11, 40), (12, 24)):
+        img, _ = write_tile(tmp_path, "test", tid, size=size, with_label=False)
+        manifest.append({"filename": str(img)})
+    ckpt = make_checkpoint(
+        MODEL,
+        build_model(**MODEL).state_dict(),
+        1,
+        {},
+        ClassTable.naic().as_config(),
+        preprocess={"input_size": 64},
+    )
+    out = list(predict_manifest(manifest, [ckpt], PredictConfig(workers=0, batch_size=2), ClassTable.naic()))
+    assert [tid for tid, _ in out] == ["11", "12"]
+    assert [decode_png(png).shape for _, png in out] == [(40, 40), (24, 24)]
+    assert all(decode_png(png).dtype == np.uint8 and decode_png(png).max() < 8 for _, png in out)
+
+
+def test_predictions_pickle_round_trip(tmp_path):
+    records = [(str(i), encode_png(np.full((4, 5), i, np.uint8))) for i in range(5)]
+    path = tmp_path / "p.pkl"
+    assert write_predictions(path, iter(records)) == 5
+    back = list(PredictionsReader(path))
+    assert back == records
+
+
+def test_a_pickle_holding_any_class_is_refused(tmp_path):
+    path = tmp_path / "evil.pkl"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": "naic-seg-predictions/1"}, fh)
+        pickle.dump(("1", np.zeros(3)), fh)  # a numpy array needs a class to unpickle
+    with pytest.raises(SubmissionError, match="tampered"):
+        list(PredictionsReader(path))
+
+
+def test_a_failing_stream_leaves_no_pickle(tmp_path):
+    def records():
+        yield "1", b"x"
+        raise OSError("tile 2 unreadable")
+
+    with pytest.raises(OSError, match="tile 2"):
+        write_predictions(tmp_path / "p.pkl", records())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bad", ["../evil", "a/b", "/abs", "..", "", ".hidden"])
+def test_entry_names_cannot_escape_results(bad):
+    with pytest.raises(SubmissionError):
+        entry_name(bad)
+
+
+def test_submission_zip_layout_dtype_values_and_sizes(tmp_path):
+    preds = [("7", encode_png(np.array([[0, 7], [3, 1]], np.uint8)))]
+    path = tmp_path / "s.zip"
+    write_submission(path, submission_entries(preds, VALUES), {"results/7.png": (2, 2)}, VALUES)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist() == ["results/7.png"]
+        im = Image.open(io.BytesIO(zf.read("results/7.png")))
+        assert im.mode == "I;16" and np.asarray(im).tolist() == [[100, 800], [400, 200]]
+
+
+def test_a_zip_that_misses_a_tile_or_has_a_wrong_size_never_appears(tmp_path):
+    preds = [("7", encode_png(np.zeros((2, 2), np.uint8)))]
+    path = tmp_path / "s.zip"
+    with pytest.raises(SubmissionError, match="1 tile\\(s\\) missing"):
+        write_submission(
+            path,
+            submission_entries(preds, VALUES),
+            {"results/7.png": (2, 2), "results/8.png": (2, 2)},
+            VALUES,
+        )
+    with pytest.raises(SubmissionError, match="is \\(2, 2\\), its tile is \\(3, 3\\)"):
+        write_submission(path, submission_entries(preds, VALUES), {"results/7.png": (3, 3)}, VALUES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_refuses_eight_bit_entries_and_foreign_values(tmp_path):
+    path = tmp_path / "s.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("results/1.png", encode_png(np.zeros((2, 2), np.uint8)))
+    with pytest.raises(SubmissionError, match="not a 16-bit PNG"):
+        check_submission(path, {"results/1.png": (2, 2)}, VALUES)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("results/1.png", encode_png(np.full((2, 2), 900, np.uint16)))
+    with pytest.raises(SubmissionError, match="values outside"):
+        check_submission(path, {"results/1.png": (2, 2)}, VALUES)
