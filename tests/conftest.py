@@ -98,12 +98,17 @@ class KedroRunner:
         return self.project / relative
 
 
+def _clear_data(project: Path) -> None:
+    shutil.rmtree(project / "data", ignore_errors=True)
+    (project / "data").mkdir()
+
+
 @pytest.fixture
 def kedro_runner(kedro_project: Path) -> Iterator[KedroRunner]:
-    runner = KedroRunner(kedro_project)
-    yield runner
-    shutil.rmtree(kedro_project / "data", ignore_errors=True)
-    (kedro_project / "data").mkdir()
+    """The session's throw-away project with an empty data/ folder (MLflow runs accumulate in mlflow.db)."""
+    _clear_data(kedro_project)
+    yield KedroRunner(kedro_project)
+    _clear_data(kedro_project)
 
 
 @pytest.fixture

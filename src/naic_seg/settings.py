@@ -2,6 +2,10 @@
 
 from kedro.config import OmegaConfigLoader
 
+from naic_seg.hooks import OutputCheckHook
+
+HOOKS = (OutputCheckHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -7,6 +7,7 @@ A run killed mid-write leaves the previous version of the file (or no file) and 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -20,6 +21,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success it replaces ``target``."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # left by a killed run
+        with contextlib.suppress(OSError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -47,11 +51,15 @@ def write_json(target: str | os.PathLike, data: Any, indent: int | None = 1) -> 
 
 
 def check_writable(target: str | os.PathLike) -> None:
-    """Fail now, naming the folder, if ``target`` could not be written later."""
+    """Fail now, naming the folder, if ``target`` could not be written later. Creates nothing."""
     folder = Path(target).parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", delete=True):
+        if not existing.is_dir():
+            raise NotADirectoryError(f"'{existing}' is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check.", delete=True):
             pass
     except OSError as err:
         raise PermissionError(f"cannot write to '{folder}' (needed for '{target}'): {err}") from err

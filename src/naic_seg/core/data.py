@@ -191,5 +191,17 @@ class InfiniteSampler(torch.utils.data.Sampler):
             position += self.world_size
 
 
-def tile_ids(manifest: Sequence[dict]) -> list[str]:
-    return [Path(e["filename"]).stem for e in manifest]
+def check_manifest_files(manifest: Sequence[dict]) -> None:
+    """Fail before long work if a file the manifest names is gone (a stat each: seconds for 100k tiles)."""
+    missing = []
+    for entry in manifest:
+        for path in (entry["filename"], entry.get("ann", {}).get("seg_map")):
+            if path is not None and not Path(path).is_file():
+                missing.append(path)
+    if missing:
+        shown = "\n  - ".join(missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise TileReadError(
+            f"{len(missing)} file(s) named by the manifest do not exist (run data_prep again):"
+            f"\n  - {shown}{more}"
+        )

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from naic_seg.core.checkpoint import CheckpointError
-from naic_seg.core.data import ManifestDataset, Normalizer, collate
+from naic_seg.core.data import ManifestDataset, Normalizer, check_manifest_files, collate
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model
 from naic_seg.core.training import _amp_dtype, _switch, resolve_device
@@ -187,11 +187,7 @@ def predict_manifest(
     """
     if not checkpoints:
         raise ValueError("no checkpoint to predict with")
-    missing = [e["filename"] for e in manifest if not Path(e["filename"]).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} test tile(s) named by the manifest do not exist: {missing[:10]}"
-        )
+    check_manifest_files(manifest)
     device = resolve_device(cfg.device)
     models = load_models(checkpoints, device, _switch(cfg.channels_last, device.type == "cuda"))
     input_size = cfg.input_size or checkpoints[0].get("preprocess", {}).get("input_size")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -11,23 +12,37 @@ from kedro.io.core import Version
 from naic_seg.core.checkpoint import load_checkpoint, save_checkpoint
 
 
-class TorchCheckpointDataset(AbstractVersionedDataset[dict, dict]):
-    """Holds the dict of :mod:`naic_seg.core.checkpoint` (state dict + what rebuilds the model).
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint on disk, read only when a node asks for it (submit may not need every stage's)."""
 
-    Loading never unpickles arbitrary objects, and a file that is not a naic-seg checkpoint is refused
-    with a message naming it.
+    name: str
+    path: Path | None  # None: no version has been saved yet
+
+    def load(self) -> dict:
+        if self.path is None:
+            raise DatasetError(f"{self.name} has no saved version yet: run the pipeline that writes it first")
+        return load_checkpoint(self.path)
+
+
+class TorchCheckpointDataset(AbstractVersionedDataset[dict, CheckpointFile]):
+    """Saves the dict of :mod:`naic_seg.core.checkpoint` (state dict + what rebuilds the model).
+
+    Loading returns a :class:`CheckpointFile` pointing at the requested (default: latest) version; its
+    ``load()`` never unpickles arbitrary objects and refuses a file that is not a naic-seg checkpoint.
     """
 
     def __init__(self, filepath: str, version: Version | None = None, metadata: dict[str, Any] | None = None):
         super().__init__(PurePosixPath(filepath), version)
         self.metadata = metadata
 
-    def load(self) -> dict:
-        path = Path(self._get_load_path())
+    def load(self) -> CheckpointFile:
+        name = Path(str(self._filepath)).stem
         try:
-            return load_checkpoint(path)
-        except FileNotFoundError as err:
-            raise DatasetError(f"checkpoint '{path}' does not exist") from err
+            path = Path(self._get_load_path())
+        except DatasetError:  # VersionNotFoundError: nothing saved yet
+            return CheckpointFile(name, None)
+        return CheckpointFile(name, path if path.is_file() else None)
 
     def save(self, data: dict) -> None:
         save_checkpoint(data, Path(self._get_save_path()))

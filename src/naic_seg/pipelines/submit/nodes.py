@@ -13,24 +13,28 @@ from naic_seg.core.metrics import scores
 from naic_seg.core.predict import PredictConfig, predict_manifest
 from naic_seg.core.submission import entry_name, submission_entries
 from naic_seg.core.tiles import TileListing, tile_id
+from naic_seg.datasets.checkpoint import CheckpointFile
 from naic_seg.datasets.submission import Submission, SubmissionZip
 from naic_seg.tracking import active_run_logger
 
 log = logging.getLogger(__name__)
 
 
-def select_checkpoints(names: list[str], stage1_checkpoint: dict, stage2_checkpoint: dict) -> list[dict]:
-    """``stage1`` / ``stage2`` name the catalog's checkpoints; anything else is a checkpoint file path."""
+def select_checkpoints(
+    names: list[str] | str, stage1_checkpoint: CheckpointFile, stage2_checkpoint: CheckpointFile
+) -> list[dict]:
+    """``stage1`` / ``stage2`` name the catalog's checkpoints; anything else is a checkpoint file path.
+    Only the checkpoints named are read."""
     by_name = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
     if isinstance(names, str):
         names = [names]
-    return [by_name[n] if n in by_name else load_checkpoint(n) for n in names]
+    return [by_name[n].load() if n in by_name else load_checkpoint(n) for n in names]
 
 
 def predict_test_tiles(
     test_manifest: list[dict],
-    stage1_checkpoint: dict,
-    stage2_checkpoint: dict,
+    stage1_checkpoint: CheckpointFile,
+    stage2_checkpoint: CheckpointFile,
     classes: list[dict],
     options: dict,
 ):

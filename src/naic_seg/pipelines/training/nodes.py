@@ -9,10 +9,13 @@ from pathlib import Path
 
 import torch
 
+from naic_seg.core.atomic import check_writable
 from naic_seg.core.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from naic_seg.core.data import check_manifest_files
 from naic_seg.core.figures import confusion_figure, prediction_grid
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.training import TrainConfig, launch
+from naic_seg.core.training import RESUME_FILE, TrainConfig, launch
+from naic_seg.datasets.checkpoint import CheckpointFile
 from naic_seg.tracking import active_run_logger, log_artifact_file, log_params
 
 log = logging.getLogger(__name__)
@@ -38,7 +41,7 @@ def resolve_model_config(model_params: dict, init_checkpoint: dict | None) -> di
 def train_stage(
     train_manifest: list[dict],
     val_manifest: list[dict],
-    init_checkpoint: dict | str | None,
+    init_checkpoint: CheckpointFile | dict | str | None,
     classes: list[dict],
     name: str,
     model: dict,
@@ -48,6 +51,8 @@ def train_stage(
     """Train one stage; returns its checkpoint, its metrics and a few validation tiles for the grid."""
     if isinstance(init_checkpoint, str):
         init_checkpoint = load_checkpoint(init_checkpoint)
+    elif isinstance(init_checkpoint, CheckpointFile):
+        init_checkpoint = init_checkpoint.load()
     table = ClassTable.from_config(classes)
     model_config = resolve_model_config(model, init_checkpoint)
     if model_config.setdefault("num_classes", table.num_classes) != table.num_classes:
@@ -63,6 +68,9 @@ def train_stage(
     config = TrainConfig.from_params(train)
     if not train_manifest or not val_manifest:
         raise ValueError("training needs a non-empty train and val manifest: run data_prep first")
+    check_manifest_files(train_manifest + val_manifest)
+    if config.work_dir:
+        check_writable(Path(config.work_dir) / RESUME_FILE)
     log_params({f"{name}.resolved_model.{k}": v for k, v in model_config.items()})
     result = launch(
         _devices(distributed.get("nproc", 1)),

@@ -1,0 +1,372 @@
+"""Reference models: shapes, gradients, stride-independent weights, local pretrained weights, SyncBN."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from naic_seg.core import models
+from naic_seg.core.models import (
+    ARCHITECTURES,
+    ENCODERS,
+    OUTPUT_STRIDES,
+    DeepLabV3Plus,
+    PSPNet,
+    SegmentationModel,
+    build_model,
+    convert_sync_batchnorm,
+    load_backbone_weights,
+)
+
+SIZE = 64
+BATCH = 2
+NUM_CLASSES = 8
+ENCODER = "resnet18"
+SLOW = os.environ.get("NAIC_SEG_SLOW") == "1"
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    """No test may download weights: any socket connection fails loudly."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("network access attempted in a model test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _batch(seed: int = 0) -> torch.Tensor:
+    return torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+
+
+def _build(arch: str, output_stride: int = 16, **kwargs) -> SegmentationModel:
+    torch.manual_seed(0)
+    return build_model(arch, ENCODER, num_classes=NUM_CLASSES, output_stride=output_stride, **kwargs)
+
+
+class BaseModelTester:
+    """Every architecture runs these; subclasses set ``arch`` (and ``cls``)."""
+
+    arch: str
+    cls: type[SegmentationModel]
+
+    def test_class_and_config(self):
+        model = _build(self.arch)
+        assert type(model) is self.cls
+        assert isinstance(model, SegmentationModel)
+        assert model.config == {
+            "arch": self.arch,
+            "encoder": ENCODER,
+            "num_classes": NUM_CLASSES,
+            "output_stride": 16,
+            "aux": True,
+            "dropout": 0.1,
+        }
+        rebuilt = build_model(**model.config)
+        rebuilt.load_state_dict(model.state_dict(), strict=True)
+        # aux head sits on stage 3, channels read from the encoder
+        assert model.aux_head.conv[0].in_channels == model.encoder.out_channels[4] == 256
+
+    @pytest.mark.parametrize("output_stride", [8, 16])
+    def test_train_forward_backward_shapes_and_gradients(self, output_stride):
+        model = _build(self.arch, output_stride).train()
+        out = model(_batch())
+        assert isinstance(out, tuple) and len(out) == 2
+        logits, aux = out
+        assert logits.shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+        assert aux is not None and aux.shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+        target = torch.randint(
+            0, NUM_CLASSES, (BATCH, SIZE, SIZE), generator=torch.Generator().manual_seed(1)
+        )
+        loss = nn.functional.cross_entropy(logits, target) + 0.4 * nn.functional.cross_entropy(aux, target)
+        loss.backward()
+        no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not no_grad, f"parameters without gradient: {no_grad}"
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        assert not bad, f"non-finite gradients: {bad}"
+        prefixes = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
+        assert prefixes == {"encoder", "decode_head", "aux_head"}
+
+    @pytest.mark.parametrize("output_stride", [8, 16])
+    def test_eval_returns_logits_only(self, output_stride):
+        model = _build(self.arch, output_stride).eval()
+        with torch.no_grad():
+            out = model(_batch())
+        assert isinstance(out, torch.Tensor)
+        assert out.shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+
+    def test_aux_disabled(self):
+        model = _build(self.arch, aux=False).train()
+        assert model.aux_head is None
+        assert not any(n.startswith("aux_head") for n, _ in model.named_parameters())
+        logits, aux = model(_batch())
+        assert aux is None and logits.shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+
+    def test_stride16_weights_load_strictly_into_stride8(self):
+        os16 = _build(self.arch, 16)
+        os8 = _build(self.arch, 8)
+        os8.load_state_dict(os16.state_dict(), strict=True)
+        os8.eval()
+        with torch.no_grad():
+            assert os8(_batch()).shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+        torch.testing.assert_close(os8.state_dict(), os16.state_dict())
+
+    def test_channels_last_matches_contiguous(self):
+        model = _build(self.arch).eval()
+        x = _batch()
+        with torch.no_grad():
+            ref = model(x)
+            model = model.to(memory_format=torch.channels_last)
+            out = model(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+    def test_sync_batchnorm_conversion(self):
+        model = _build(self.arch)
+        n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        assert n_bn > 0
+        converted = convert_sync_batchnorm(model)
+        assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+        assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == n_bn
+        converted.eval()
+        with torch.no_grad():
+            assert converted(_batch()).shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+
+    def test_dynamo_traces_without_graph_breaks(self):
+        """fullgraph=True, eager backend: the whole forward is traceable (fast: no code generation)."""
+        torch._dynamo.reset()
+        model = _build(self.arch).train()
+        compiled = torch.compile(model, backend="eager", fullgraph=True)
+        logits, aux = compiled(_batch())
+        (logits.mean() + aux.mean()).backward()
+        model.eval()
+        with torch.no_grad():
+            assert compiled(_batch()).shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+
+    @pytest.mark.slow
+    @pytest.mark.skipif(not SLOW, reason="inductor compile takes ~35 s on CPU: set NAIC_SEG_SLOW=1")
+    def test_torch_compile_inductor_matches_eager(self):
+        torch._dynamo.reset()
+        model = _build(self.arch).eval()
+        x = _batch()
+        with torch.no_grad():
+            ref = model(x)
+            out = torch.compile(model)(x)
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+
+
+class TestPSPNet(BaseModelTester):
+    arch = "pspnet"
+    cls = PSPNet
+
+    def test_pyramid_pooling_structure(self):
+        head = _build(self.arch).decode_head
+        assert head.ppm.bins == (1, 2, 3, 6)
+        # resnet18 stage 4 has 512 channels -> branches of 512 / 4
+        assert [s[1][0].out_channels for s in head.ppm.stages] == [128] * 4
+        assert head.bottleneck[0].in_channels == 512 + 4 * 128
+        assert head.bottleneck[0].out_channels == 512 and head.bottleneck[0].kernel_size == (3, 3)
+        assert isinstance(head.dropout, nn.Dropout2d) and head.dropout.p == 0.1
+
+
+class TestDeepLabV3Plus(BaseModelTester):
+    arch = "deeplabv3plus"
+    cls = DeepLabV3Plus
+
+    @pytest.mark.parametrize("output_stride, rates", [(16, (6, 12, 18)), (8, (12, 24, 36)), (32, (3, 6, 9))])
+    def test_aspp_rates_follow_output_stride(self, output_stride, rates):
+        head = build_model(self.arch, ENCODER, output_stride=output_stride).decode_head
+        assert head.aspp.rates == rates
+        assert [b[0].dilation for b in head.aspp.branches[1:]] == [(r, r) for r in rates]
+        # parameter shapes never depend on the stride
+        assert head.low_level[0].in_channels == 64 and head.low_level[0].out_channels == 48
+
+
+# -------------------------------------------------------------------------------------- validation
+@pytest.mark.parametrize(
+    "kwargs, choices",
+    [
+        ({"arch": "unet", "encoder": ENCODER}, ARCHITECTURES),
+        ({"arch": "pspnet", "encoder": "vgg16"}, ENCODERS),
+        ({"arch": "pspnet", "encoder": ENCODER, "output_stride": 4}, OUTPUT_STRIDES),
+    ],
+)
+def test_invalid_choices_raise_listing_valid_ones(kwargs, choices):
+    with pytest.raises(ValueError) as err:
+        build_model(**kwargs)
+    for choice in choices:
+        assert str(choice) in str(err.value)
+
+
+def test_models_module_does_not_import_kedro_or_mlflow():
+    tree = ast.parse(Path(models.__file__).read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"kedro", "mlflow", "kedro_datasets", "kedro_mlflow"}
+
+
+def test_imagenet_is_passed_to_smp_without_downloading_here(monkeypatch):
+    import segmentation_models_pytorch.encoders as smp_encoders
+
+    real = smp_encoders.get_encoder
+    calls = []
+
+    def fake(name, **kwargs):
+        calls.append((name, kwargs["weights"], kwargs["output_stride"]))
+        return real(name, **{**kwargs, "weights": None})
+
+    monkeypatch.setattr(smp_encoders, "get_encoder", fake)
+    build_model("pspnet", ENCODER, pretrained="imagenet", output_stride=8)
+    assert calls == [(ENCODER, "imagenet", 8)]
+
+
+# ------------------------------------------------------------------------ local pretrained weights
+@pytest.fixture(scope="module")
+def torchvision_resnet18() -> dict[str, torch.Tensor]:
+    """Exactly what an ImageNet classifier file holds (random values; torchvision keys incl. fc.*)."""
+    import torchvision
+
+    torch.manual_seed(123)
+    return torchvision.models.resnet18(weights=None).state_dict()
+
+
+def _save(state: dict, path: Path) -> Path:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
+def _assert_encoder_equals(model: SegmentationModel, state: dict, prefix: str = "") -> None:
+    enc = model.encoder.state_dict()
+    for key, value in state.items():
+        if key.startswith("fc."):
+            continue
+        torch.testing.assert_close(enc[prefix + key], value, rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_load_imagenet_classifier_file(tmp_path, torchvision_resnet18, suffix, caplog):
+    path = _save(torchvision_resnet18, tmp_path / f"resnet18{suffix}")
+    model = _build("pspnet")
+    with caplog.at_level(logging.WARNING, logger="naic_seg.core.models"):
+        report = load_backbone_weights(model, str(path))
+    assert set(report) == {"loaded", "missing", "unexpected"}
+    assert report["missing"] == []
+    assert sorted(report["unexpected"]) == ["fc.bias", "fc.weight"]
+    assert len(report["loaded"]) == len(torchvision_resnet18) - 2
+    assert not caplog.records  # classifier keys are dropped without a warning
+    _assert_encoder_equals(model, torchvision_resnet18)
+
+
+def test_build_model_with_local_weights(tmp_path, torchvision_resnet18):
+    path = _save(torchvision_resnet18, tmp_path / "r18.pt")
+    model = build_model("deeplabv3plus", ENCODER, output_stride=8, pretrained=str(path))
+    _assert_encoder_equals(model, torchvision_resnet18)
+    assert "pretrained" not in model.config
+
+
+@pytest.mark.parametrize("wrap", ["state_dict", "model"])
+@pytest.mark.parametrize("prefix", ["module.", "backbone.", "encoder.", "module.backbone."])
+def test_wrapped_and_prefixed_files(tmp_path, torchvision_resnet18, wrap, prefix):
+    state = {prefix + k: v for k, v in torchvision_resnet18.items()}
+    path = _save({wrap: state, "meta": {"epoch": 3}}, tmp_path / "w.pth")
+    model = _build("pspnet")
+    report = load_backbone_weights(model, str(path))
+    assert report["missing"] == []
+    _assert_encoder_equals(model, torchvision_resnet18)
+
+
+def test_project_checkpoint_layout_is_accepted(tmp_path):
+    """A full-model state dict (encoder.* + heads) under "state_dict", with a config dict under "model"."""
+    source = _build("pspnet", aux=True)
+    path = _save({"model": dict(source.config), "state_dict": source.state_dict()}, tmp_path / "ckpt.pth")
+    target = build_model("pspnet", ENCODER, output_stride=8)
+    report = load_backbone_weights(target, str(path))
+    assert report["missing"] == []
+    assert report["unexpected"] and all(
+        k.startswith(("decode_head.", "aux_head.")) for k in report["unexpected"]
+    )
+    torch.testing.assert_close(target.encoder.state_dict(), source.encoder.state_dict())
+
+
+def test_missing_keys_are_reported_and_logged(tmp_path, torchvision_resnet18, caplog):
+    state = {k: v for k, v in torchvision_resnet18.items() if not k.startswith("layer4.")}
+    state["extra.weight"] = torch.zeros(3)
+    path = _save(state, tmp_path / "partial.pth")
+    model = _build("pspnet")
+    with caplog.at_level(logging.WARNING, logger="naic_seg.core.models"):
+        report = load_backbone_weights(model, str(path))
+    expected_missing = [
+        k for k in model.encoder.state_dict() if k.startswith("layer4.") and "num_batches_tracked" not in k
+    ]
+    assert report["missing"] == expected_missing
+    assert "extra.weight" in report["unexpected"]
+    log = caplog.text
+    assert "layer4.0.conv1.weight" in log and "missing" in log
+    assert "extra.weight" in log and "unexpected" in log
+
+
+def test_wrong_path_raises_file_not_found(tmp_path):
+    missing = tmp_path / "nope" / "r18.pth"
+    with pytest.raises(FileNotFoundError, match="r18.pth"):
+        load_backbone_weights(_build("pspnet"), str(missing))
+    with pytest.raises(FileNotFoundError, match="r18.pth"):
+        build_model("pspnet", ENCODER, pretrained=str(missing))
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path, torchvision_resnet18):
+    state = dict(torchvision_resnet18)
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    path = _save(state, tmp_path / "bad.pth")
+    with pytest.raises(ValueError) as err:
+        load_backbone_weights(_build("pspnet"), str(path))
+    msg = str(err.value)
+    assert "layer1.0.conv1.weight" in msg and "(64, 64, 1, 1)" in msg and "(64, 64, 3, 3)" in msg
+
+
+def test_file_matching_no_key_is_rejected(tmp_path):
+    path = _save({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="no key"):
+        load_backbone_weights(_build("pspnet"), str(path))
+
+
+# -------------------------------------------------------------------------- timm deep-stem encoder
+def test_timm_deep_stem_resnet50d_builds_and_loads_timm_weights(tmp_path):
+    import timm
+
+    torch.manual_seed(7)
+    timm_state = timm.create_model("resnet50d", pretrained=False).state_dict()
+    assert "conv1.0.weight" in timm_state and "fc.weight" in timm_state
+    path = _save(timm_state, tmp_path / "resnet50d.safetensors")
+
+    model = build_model("pspnet", "tu-resnet50d", output_stride=8, pretrained=str(path))
+    stem = model.encoder.model.conv1
+    assert isinstance(stem, nn.Sequential)
+    assert sum(isinstance(m, nn.Conv2d) for m in stem) == 3
+    assert tuple(model.encoder.out_channels[2:]) == (256, 512, 1024, 2048)
+    assert model.aux_head.conv[0].in_channels == 1024
+    assert model.decode_head.ppm.stages[0][1][0].out_channels == 512
+    _assert_encoder_equals(model, timm_state, prefix="model.")
+
+    report = load_backbone_weights(model, str(path))
+    assert report["missing"] == [] and sorted(report["unexpected"]) == ["fc.bias", "fc.weight"]
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, SIZE, SIZE)).shape == (1, NUM_CLASSES, SIZE, SIZE)
