@@ -331,3 +331,24 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     with pytest.raises(CheckpointError, match="is not a naic-seg checkpoint"):
         load_checkpoint(path)
+
+
+def test_a_full_disk_during_a_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    import errno
+
+    from naic_seg.core import atomic
+
+    target = tmp_path / "val_manifest.json"
+    target.write_text("[]")
+    real_dump = json.dump
+
+    def dump_until_full(obj, fh, **kwargs):
+        fh.write("[" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.json, "dump", dump_until_full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_json(target, [1, 2, 3])
+    monkeypatch.setattr(atomic.json, "dump", real_dump)
+    assert target.read_text() == "[]"
+    assert [p.name for p in tmp_path.iterdir()] == ["val_manifest.json"]
