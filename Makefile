@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# No usage reports to MLflow's servers (kedro-telemetry is opted out by .telemetry).
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: setup demo test lint bench clean-demo
 

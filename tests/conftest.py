@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before any test module imports mlflow
+
+import shutil  # noqa: E402
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -47,11 +47,8 @@ OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 PSP_BINS: tuple[int, ...] = (1, 2, 3, 6)
 PSP_CHANNELS = 512
 ASPP_CHANNELS = 256
-ASPP_RATES_OS16: tuple[int, ...] = (
-    6,
-    12,
-    18,
-)  # scaled by 16 / output_stride: (12, 24, 36) at 8, (3, 6, 9) at 32
+# Atrous rates at output stride 16, scaled by 16 / output_stride: (12, 24, 36) at 8, (3, 6, 9) at 32.
+ASPP_RATES_OS16: tuple[int, ...] = (6, 12, 18)
 LOW_LEVEL_CHANNELS = 48
 DECODER_CHANNELS = 256
 AUX_CHANNELS = 256
