@@ -1,0 +1,76 @@
+"""Smoke test of the benchmarks: ``run_all.py --quick`` on its cheap sections (loader, train).
+
+Runs on the rs8 tiles when ``NAIC_SEG_RS8`` points at them, else on a few synthetic tiles written into
+``tmp_path``; one torch thread keeps it quick and steady on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from naic_seg.core.synthetic import write_synthetic_tiles
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, int | float) and x > 0
+
+
+def test_run_all_quick_loader_and_train(tmp_path: Path) -> None:
+    rs8 = os.environ.get("NAIC_SEG_RS8")
+    if rs8 and (Path(rs8) / "train" / "labels").is_dir():
+        root = Path(rs8)
+    else:
+        root = write_synthetic_tiles(tmp_path / "tiles", n_train=8, n_test=4, size=64)
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "benchmarks" / "run_all.py"),
+        "--quick",
+        "--only", "loader", "train",
+        "--rs8", str(root),
+        "--tmp", str(tmp_path / "work"),
+        "--threads", "1",
+        "--args", "loader=--workers 0 1",
+        "--args", "train=--skip-gpu",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads(proc.stdout)
+
+    assert doc["run_all"]["mode"] == "quick"
+    assert doc["run_all"]["sections"] == ["loader", "train"]
+    assert "data_prep" not in doc and "submit" not in doc and "models" not in doc
+
+    loader = doc["loader"]
+    assert loader["status"] == "ok", loader
+    res = loader["result"]
+    assert _positive(res["decode_ceiling"]["img_s"]) and _positive(res["dataset_getitem"]["img_s"])
+    assert [r["workers"] for r in res["records"]] == [0, 1]
+    assert all(_positive(r["img_s"]) and r["images"] > 0 for r in res["records"])
+    assert res["host"]["torch_threads"] == 1 and len(res["loadavg_start"]) == 3
+
+    train = doc["train"]
+    assert train["status"] == "ok", train
+    res = train["result"]
+    cpu = res["cpu"]
+    e2e = cpu["end_to_end"]
+    assert e2e["iterations"] == e2e["warmup_iters"] + e2e["timed_iters"]
+    assert len(e2e["window_img_s"]) == e2e["iterations"] // e2e["log_interval"]
+    for value in (
+        e2e["steady_img_s"],
+        e2e["engine_images_per_s"],
+        cpu["ceiling"]["before"]["train_img_s"],
+        cpu["ceiling"]["after"]["train_img_s"],
+        cpu["ratio"],
+    ):
+        assert _positive(value)
+    assert isinstance(cpu["target_met"], bool)
+    assert res["gpu"]["gpu"].startswith("skipped")
+
+    assert doc["summary"]["train"]["ratio"] == cpu["ratio"]
+    assert set(doc["summary"]["loader"]["img_s_by_workers"]) == {"0", "1"}
