@@ -98,8 +98,8 @@ class TrainResult:
     history: list[dict]  # every evaluation: {"iteration", "mIoU", "FWIoU", "pixel_accuracy"}
     confusion: np.ndarray
     grid: list[dict]  # a few validation tiles: {"id", "image", "label", "pred"} at the original size
-    train_seconds: float
-    images_per_s: float
+    train_seconds: float  # the training loop alone, evaluations and checkpoints excluded
+    images_per_s: float  # steady state: the first log window (start-up) left out
     resumed_from: int
 
 
@@ -387,7 +387,8 @@ def train(
     progress = _Progress(cfg.iterations, start, enabled=main)
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     sums = torch.zeros(2, device=device)
-    window_start, window_iters, train_seconds, trained_images = time.perf_counter(), 0, 0.0, 0
+    window_start, window_iters, train_seconds = time.perf_counter(), 0, 0.0
+    windows: list[tuple[int, float]] = []  # (images, seconds) of each log window
     last_eval = None
     it = start
     try:
@@ -432,7 +433,7 @@ def train(
                 elapsed = time.perf_counter() - window_start
                 train_seconds += elapsed
                 images_done = window_iters * cfg.batch_size * world_size
-                trained_images += images_done
+                windows.append((images_done, elapsed))
                 mean = (sums / window_iters).tolist()
                 stats = {
                     "loss": mean[0],
@@ -468,9 +469,17 @@ def train(
         confusion=cm,
         grid=grid,
         train_seconds=train_seconds,
-        images_per_s=trained_images / train_seconds if train_seconds else 0.0,
+        images_per_s=_steady_rate(windows),
         resumed_from=start,
     )
+
+
+def _steady_rate(windows: list[tuple[int, float]]) -> float:
+    """Training images/s, leaving out the first log window (worker start-up, first decodes) when there
+    are others: the figure a long run settles at."""
+    steady = windows[1:] or windows
+    seconds = sum(t for _, t in steady)
+    return sum(n for n, _ in steady) / seconds if seconds else 0.0
 
 
 def _load_resume(path: Path, fingerprint: dict) -> dict:
