@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 from traitlets import default
 
 from tests.conftest import PROJECT_ROOT
-from tests.pipelines.test_flow import TINY, mlflow_runs
+from tests.pipelines.test_flow import mlflow_runs
 
 NOTEBOOK = PROJECT_ROOT / "notebooks" / "inspect_run.ipynb"
 # Nothing may reach the network: MLflow, Kedro and Kedro-Viz telemetry off in every child process.
@@ -42,12 +42,11 @@ def outputs(nb) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_inspect_run_notebook_executes_on_a_demo_run(kedro_runner, tmp_path, monkeypatch):
+def test_inspect_run_notebook_executes_on_a_demo_run(demo_run, tmp_path, monkeypatch):
     for name, value in OFFLINE.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "jupyter_runtime"))  # kernel connection files
-    project = kedro_runner.project
-    kedro_runner.run("__default__", env="demo", params=TINY)
+    project = demo_run
     _, runs = mlflow_runs(project)
 
     nb = nbformat.read(NOTEBOOK, as_version=4)

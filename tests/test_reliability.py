@@ -19,8 +19,7 @@ from PIL import Image
 from naic_seg.core.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model
-from tests.conftest import PROJECT_ROOT, make_tree, write_tile
-from tests.pipelines.test_flow import STAGE, TINY
+from tests.conftest import PROJECT_ROOT, STAGE, TINY, make_tree, write_tile
 
 OUTPUTS = (
     "data/05_model_input/train_manifest.json",

@@ -12,22 +12,7 @@ from PIL import Image
 
 from naic_seg.core.checkpoint import load_checkpoint
 from naic_seg.core.labels import ClassTable
-
-STAGE = {
-    "iterations": 4,
-    "input_size": 64,
-    "batch_size": 2,
-    "workers": 0,
-    "eval_interval": 2,
-    "log_interval": 2,
-    "checkpoint_interval": 2,
-    "eval_batch_size": 8,
-}
-TINY = {
-    "train_stage1": {"train": STAGE, "model": {"encoder": "resnet18", "pretrained": None}},
-    "train_stage2": {"train": STAGE},
-    "submit": {"workers": 0, "batch_size": 16},
-}
+from tests.conftest import STAGE, TINY
 
 
 def latest(path: Path) -> Path:
@@ -62,9 +47,8 @@ def independent_scores(zip_path: Path, label_dir: Path) -> tuple[float, float]:
     return iou.mean(), float((truth_n[present] / truth_n.sum() * iou).sum())
 
 
-def test_demo_flow_end_to_end(kedro_runner):
-    project = kedro_runner.project
-    kedro_runner.run("__default__", env="demo", params=TINY)
+def test_demo_flow_end_to_end(demo_run):
+    project = demo_run
 
     stage1 = load_checkpoint(latest(project / "data/06_models/stage1_checkpoint.pt"))
     stage2 = load_checkpoint(latest(project / "data/06_models/stage2_checkpoint.pt"))
