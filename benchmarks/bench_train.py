@@ -6,9 +6,9 @@ a train manifest built from the rs8 folder directly (images and labels paired by
 nothing under data/ or mlflow.db touched; ``work_dir`` None so no resume checkpoint is written).
 
 Steady state: the engine times windows of ``log_interval`` iterations and hands each window's rate to
-``log_fn``; ``TrainResult.images_per_s`` is all windows together, *including the first*, whose clock
-starts before the first ``next()`` on the loader (worker start-up, first decodes, first-iteration
-allocations). So the benchmark runs ``--warmup-iters`` iterations first (a whole number of log windows,
+``log_fn``; ``TrainResult.images_per_s`` leaves out only the first window, whose clock starts before
+the first ``next()`` on the loader (worker start-up, first decodes, first-iteration allocations).
+The benchmark runs ``--warmup-iters`` iterations first (a whole number of log windows,
 dropped) and reports the later windows only: images / the sum of their seconds (from the per-window rates,
 cross-checked with wall-clock stamps taken in ``log_fn``). Evaluation is effectively off
 (``eval_interval`` > iterations); the engine still evaluates once at the end, on a 4-tile val manifest,
@@ -123,7 +123,7 @@ def engine_run(
         "steady_seconds": round(steady_seconds, 3),
         "first_window_img_s": round(windows[0]["img_s"], 4),
         "first_window_seconds": round(first_window_s, 3),
-        "engine_images_per_s": round(result.images_per_s, 4),  # TrainResult: all windows, the first too
+        "engine_images_per_s": round(result.images_per_s, 4),  # TrainResult: the first window left out
         "engine_train_seconds": round(result.train_seconds, 3),
         "train_call_seconds": round(total, 3),
         "outside_windows_seconds": round(total - result.train_seconds, 3),
@@ -327,10 +327,9 @@ def collect(argv: list[str] | None = None) -> dict:
     )
     doc["loadavg_end"] = loadavg()
     doc["engine_reporting"] = (
-        "TrainResult.images_per_s = all log windows together, the first included; the first window's "
-        "clock starts before the first batch is fetched (DataLoader worker start-up, first decodes, "
-        "first-iteration allocations), so in a short run it understates the steady rate. steady_img_s "
-        "drops the warm-up windows, using the per-window rates the engine passes to log_fn."
+        "TrainResult.images_per_s = the log windows after the first (whose clock includes DataLoader "
+        "worker start-up and first decodes). steady_img_s drops all --warmup-iters windows, using the "
+        "per-window rates the engine passes to log_fn."
     )
     return doc
 
