@@ -25,7 +25,7 @@ class OutputCheckHook:
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         """Every file the run will write must be writable now, not after hours of training."""
-        for name in sorted(pipeline.outputs() | {o for n in pipeline.nodes for o in n.outputs}):
+        for name in sorted(pipeline.all_outputs()):
             if name not in catalog:
                 continue
             path = output_path(catalog.get(name))
