@@ -72,6 +72,7 @@ class PredictionsReader:
             while True:
                 try:
                     record = unpickler.load()
+                    unpickler.memo.clear()  # the memo would otherwise keep every record alive
                 except EOFError:
                     return
                 except pickle.UnpicklingError as err:
@@ -99,15 +100,20 @@ def write_submission(
 ) -> int:
     """Write the zip to a temporary file, check it against ``expected`` (entry -> (w, h)), then rename."""
     with atomic_path(path) as tmp:
-        # PNG is already deflated: storing avoids compressing twice.
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-            seen = set()
-            for name, data in entries:
-                if name in seen:
-                    raise SubmissionError(f"two predictions for '{name}'")
-                seen.add(name)
-                zf.writestr(name, data)
+        _write_zip(tmp, entries)
         return check_submission(tmp, expected, class_values)
+
+
+def _write_zip(path: Path, entries: Iterable[tuple[str, bytes]]) -> None:
+    """In a function of its own so the writer's entry table is freed before the check reads the zip."""
+    seen = set()
+    # PNG is already deflated: storing avoids compressing twice.
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, data in entries:
+            if name in seen:
+                raise SubmissionError(f"two predictions for '{name}'")
+            seen.add(name)
+            zf.writestr(name, data)
 
 
 def check_submission(
