@@ -164,16 +164,17 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
 
 
 def _class_maps(logits: torch.Tensor, sizes: list[list[int]]) -> Iterator[np.ndarray]:
-    """uint8 class maps at each tile's own size; one resize for the batch when the tiles share a size."""
-    if all(tuple(size) == tuple(sizes[0]) for size in sizes):
-        groups = [(logits, sizes[0])]
-    else:
-        groups = [(logit[None], size) for logit, size in zip(logits, sizes, strict=True)]
-    for group, (h, w) in groups:
-        if group.shape[-2:] != (h, w):
-            group = F.interpolate(group, size=(h, w), mode="bilinear", align_corners=False)
-        # max().indices is argmax's result at a tenth of its CPU cost
-        yield from group.max(1).indices.to(torch.uint8).cpu().numpy()
+    """uint8 class maps, each resized back to its tile's own size.
+
+    One tile at a time: resizing a whole batch at once made the resident set spike by hundreds of MB
+    over a 100,000-tile run (measured with benchmarks/bench_submit.py).
+    """
+    for logit, (h, w) in zip(logits, sizes, strict=True):
+        logit = logit[None]
+        if logit.shape[-2:] != (h, w):
+            logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
+        # max().indices gives argmax's result at a tenth of its CPU cost
+        yield logit.max(1).indices[0].to(torch.uint8).cpu().numpy()
 
 
 def encode_png(array: np.ndarray) -> bytes:
