@@ -67,6 +67,12 @@ def make_project(project: Path) -> Path:
     """A throw-away copy of the project's configuration, so runs never touch the repo's data or mlflow.db."""
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
+    # MLflow caches one store per tracking URI string: a relative "sqlite:///mlflow.db" would send every test
+    # project's runs to the first project's database within one pytest process.
+    mlflow_yml = project / "conf" / "base" / "mlflow.yml"
+    text = mlflow_yml.read_text()
+    assert "mlflow_tracking_uri: sqlite:///mlflow.db" in text
+    mlflow_yml.write_text(text.replace("sqlite:///mlflow.db", f"sqlite:///{project / 'mlflow.db'}", 1))
     for name in ("pyproject.toml", ".telemetry"):
         shutil.copy(PROJECT_ROOT / name, project / name)
     (project / "data").mkdir()
