@@ -244,13 +244,12 @@ def evaluate(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         labels = batch["label"]
-        label_list = list(labels) if isinstance(labels, list) else [labels]
+        # One chunk for a batch of equal-sized labels; one per tile when the original sizes differ.
         if isinstance(labels, torch.Tensor):
-            logits_list = [logits]
+            chunks = [(logits, labels)]
         else:
-            logits_list = [logits[i : i + 1] for i in range(len(labels))]
-            label_list = [lab[None] for lab in labels]
-        for chunk, lab in zip(logits_list, label_list, strict=True):
+            chunks = [(logits[i : i + 1], lab[None]) for i, lab in enumerate(labels)]
+        for chunk, lab in chunks:
             lab = lab.to(device, non_blocking=True)
             pred = F.interpolate(chunk.float(), size=lab.shape[-2:], mode="bilinear", align_corners=False)
             pred = pred.max(1).indices  # the same as argmax, and ~10x faster on CPU
