@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,43 @@ def test_run_all_quick_loader_and_train(tmp_path: Path) -> None:
 
     assert doc["summary"]["train"]["ratio"] == cpu["ratio"]
     assert set(doc["summary"]["loader"]["img_s_by_workers"]) == {"0", "1"}
+
+
+def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: Path) -> None:
+    """The command behind the README's rs8 table: a two-stage and a stage-1-only configuration."""
+    root = write_synthetic_tiles(tmp_path / "tiles", n_train=12, n_test=4, size=64)
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"),
+        "--rs8", str(root),
+        "--budget", "smoke",
+        "--configs", "recipe", "stage1-only",
+        "--tmp", str(tmp_path),
+        "--out", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    recipe, stage1_only = json.loads(proc.stdout)["results"]
+
+    assert (
+        recipe["returncode"] == 0
+        and recipe["stage1"]["iterations"] == 4
+        and recipe["stage2"]["iterations"] == 2
+    )
+    assert recipe["test"]["tiles_scored"] == 4 and 0 <= recipe["test"]["mIoU"] <= 1
+    assert recipe["stage1_checkpoint_test"]["tiles_scored"] == 4
+    assert recipe["train_seconds"] > 0 and recipe["peak_memory_mb"]["tree_pss_sampled"] > 100
+    assert recipe["command"].startswith("kedro run --env rs8 --params ")
+
+    # stage 1 alone gets stage 2's iterations at their measured relative cost, and submits its own checkpoint
+    sweep = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"))
+    assert stage1_only["stage2"] is None
+    assert stage1_only["stage1"]["iterations"] == 4 + round(2 * sweep["STAGE2_COST"]) > 6
+    assert stage1_only["test"]["tiles_scored"] == 4
+    assert "--pipelines data_prep,train_stage1,submit" in stage1_only["command"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "smoke_recipe.json",
+        "smoke_stage1-only.json",
+    ]
+    assert not list(tmp_path.glob("rs8_sweep_*")), "the work dir is removed"

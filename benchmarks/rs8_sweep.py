@@ -1,0 +1,263 @@
+"""Run the whole flow on the real rs8 tiles for a set of configurations and collect the results table.
+
+Each configuration is one ``kedro run --env rs8 --params data_root=<rs8>,<overrides>`` in a fresh
+throw-away copy of the project (its own data/ and mlflow.db; the project's own are never touched). Per
+configuration the JSON records:
+
+* the scores of the submission on the rs8 test tiles (mIoU, FWIoU, per-class IoU: ``submission_metrics``,
+  the same numbers the run logs to MLflow as ``submit.test_*``) and the hold-out ``val_mIoU`` of each stage;
+* for two-stage runs, the test score of the stage-1 checkpoint of the same run (a second, submit-only
+  ``kedro run --pipeline submit --params submit.checkpoints=[stage1]``);
+* training seconds and images/s of each stage (from the stage metrics), the wall time of the whole
+  ``kedro run`` and peak memory (PSS of the process tree sampled every 0.2 s, and the kernel's
+  ``ru_maxrss`` of the kedro process);
+* the exact command line, to paste into a shell.
+
+    .venv/bin/python benchmarks/rs8_sweep.py --list
+    .venv/bin/python benchmarks/rs8_sweep.py --configs recipe > rs8_recipe.json
+    .venv/bin/python benchmarks/rs8_sweep.py --budget short --configs pspnet deeplabv3plus flips stage1-only
+
+``--budget full`` runs ``conf/rs8`` as it stands (the recipe: whole flow within 45 minutes on 2 CPUs);
+``--budget short`` cuts the iterations so that a configuration takes a few minutes, for comparing settings
+and checking the reference team's claims at one budget and seed. Run it alone on the machine: with 2 CPUs,
+anything else running slows training several-fold and the times would not be comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_data_prep import WRAPPER, TreeSampler, make_project
+else:
+    from .bench_data_prep import WRAPPER, TreeSampler, make_project
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+S1, S2 = "train_stage1", "train_stage2"
+
+# Iterations per budget. conf/rs8 holds the "full" figures; "short" is for comparing settings.
+# Stage 2 (stride 8) costs about 2.6x a stage-1 iteration at the same batch and size (measured:
+# see the README), so a stage-1-only run given s1 + 2.6 * s2 iterations spends the same training time.
+BUDGETS: dict[str, dict[str, int]] = {
+    "full": {"s1": 0, "s2": 0},  # 0: keep conf/rs8's iterations
+    "short": {"s1": 400, "s2": 100},
+    "smoke": {"s1": 4, "s2": 2},  # the test of this script
+}
+STAGE2_COST = 2.6
+
+
+def _both(key: str, value) -> dict:
+    return {f"{S1}.{key}": value, f"{S2}.{key}": value}
+
+
+# name -> (description, overrides, stage1_only)
+CONFIGS: dict[str, tuple[str, dict, bool]] = {
+    "recipe": ("conf/rs8 as it stands (PSPNet ResNet-18, stride 16 then 8)", {}, False),
+    "deeplabv3plus": ("DeepLabV3+ instead of PSPNet", {f"{S1}.model.arch": "deeplabv3plus"}, False),
+    "flips": (
+        "random horizontal + vertical flips in both stages",
+        {**_both("train.augment.hflip", True), **_both("train.augment.vflip", True)},
+        False,
+    ),
+    "stage1-only": ("stride 16 only, given stage 2's training time as extra iterations", {}, True),
+    "input256": ("tiles at their own 256 px instead of 128 px", _both("train.input_size", 256), False),
+    "resnet34": ("ResNet-34 encoder", {f"{S1}.model.encoder": "resnet34"}, False),
+    "batch16": (
+        "batch 16 instead of 8 (same iterations: twice the images)",
+        _both("train.batch_size", 16),
+        False,
+    ),
+    "lr2e-2": ("stage-1 learning rate 2e-2 instead of 1e-2", {f"{S1}.train.lr": 0.02}, False),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[rs8_sweep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _rs8_iterations() -> tuple[int, int]:
+    import yaml
+
+    conf = yaml.safe_load((PROJECT_ROOT / "conf" / "rs8" / "parameters_train.yml").read_text())
+    return int(conf[S1]["train"]["iterations"]), int(conf[S2]["train"]["iterations"])
+
+
+def config_params(name: str, budget: str, rs8: Path) -> tuple[list[str], dict]:
+    """The ``kedro run`` arguments after ``run`` for one configuration, and the overrides used."""
+    _, overrides, stage1_only = CONFIGS[name]
+    s1, s2 = BUDGETS[budget]["s1"], BUDGETS[budget]["s2"]
+    if not s1:
+        s1, s2 = _rs8_iterations()
+    params = {"data_root": str(rs8), **overrides}
+    params[f"{S1}.train.iterations"] = s1
+    params[f"{S2}.train.iterations"] = s2
+    args = ["--env", "rs8"]
+    if stage1_only:
+        params[f"{S1}.train.iterations"] = s1 + round(STAGE2_COST * s2)
+        params.pop(f"{S2}.train.iterations")
+        params["submit.checkpoints"] = "[stage1]"
+        args += ["--pipelines", "data_prep,train_stage1,submit"]
+    dotlist = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
+    return [*args, "--params", dotlist], params
+
+
+def run_kedro(project: Path, args: list[str], log_path: Path, timeout: float) -> dict:
+    rusage_path = log_path.with_suffix(".rusage.json")
+    env = dict(os.environ, BENCH_RUSAGE_OUT=str(rusage_path), COLUMNS="400", NO_COLOR="1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    cmd = [sys.executable, "-c", WRAPPER, "run", *args]
+    t0 = time.perf_counter()
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+        sampler = TreeSampler(proc.pid, interval=0.2)
+        sampler.start()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        wall = time.perf_counter() - t0
+        sampler.done.set()
+        sampler.join()
+    usage = json.loads(rusage_path.read_text()) if rusage_path.exists() else {}
+    text = log_path.read_text(errors="replace")
+    return {
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 1),
+        "peak_memory_mb": {
+            "tree_pss_sampled": round(sampler.peak["tree_pss"] / 1024, 1),
+            "kedro_process_maxrss": round(usage["self_maxrss_kb"] / 1024, 1) if usage else None,
+        },
+        "log_tail": None if proc.returncode == 0 else text[-4000:],
+    }
+
+
+def _scores(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    if not m.get("evaluated"):
+        return None
+    return {
+        "mIoU": round(m["mIoU"], 4),
+        "FWIoU": round(m["FWIoU"], 4),
+        "pixel_accuracy": round(m["pixel_accuracy"], 4),
+        "per_class_IoU": {k: round(v, 4) for k, v in m["per_class_IoU"].items()},
+        "tiles_scored": m["tiles_scored"],
+    }
+
+
+def _stage(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    return {
+        "iterations": m["iteration"],
+        "train_seconds": round(m["train_seconds"], 1),
+        "images_per_s": round(m["images_per_s"], 2),
+        "val_mIoU": round(m["final"]["mIoU"], 4),
+        "val_FWIoU": round(m["final"]["FWIoU"], 4),
+    }
+
+
+def run_config(name: str, budget: str, rs8: Path, work: Path, timeout: float) -> dict:
+    project = make_project(work / name)
+    args, params = config_params(name, budget, rs8)
+    log(f"{name}: kedro run {shlex.join(args)}")
+    res = run_kedro(project, args, work / f"{name}.log", timeout)
+    reporting = project / "data" / "08_reporting"
+    record = {
+        "config": name,
+        "description": CONFIGS[name][0],
+        "budget": budget,
+        "command": "kedro run " + shlex.join(args),
+        "overrides": {k: v for k, v in params.items() if k != "data_root"},
+        **res,
+        "stage1": _stage(reporting / "stage1_metrics.json"),
+        "stage2": None if CONFIGS[name][2] else _stage(reporting / "stage2_metrics.json"),
+        "test": _scores(reporting / "submission_metrics.json"),
+    }
+    stages = [s for s in (record["stage1"], record["stage2"]) if s]
+    record["train_seconds"] = round(sum(s["train_seconds"] for s in stages), 1)
+    if res["returncode"] == 0 and not CONFIGS[name][2]:
+        # Score the same run's stage-1 checkpoint on the test tiles too (stage 2 vs stage 1).
+        extra = [
+            "--env",
+            "rs8",
+            "--pipeline",
+            "submit",
+            "--params",
+            f"data_root={rs8},submit.checkpoints=[stage1]",
+        ]
+        log(f"{name}: scoring the stage-1 checkpoint: kedro run {shlex.join(extra)}")
+        res1 = run_kedro(project, extra, work / f"{name}.stage1_submit.log", timeout)
+        record["stage1_checkpoint_test"] = _scores(reporting / "submission_metrics.json")
+        record["stage1_checkpoint_test_returncode"] = res1["returncode"]
+    t = record["test"] or {}
+    log(
+        f"{name}: rc={res['returncode']} wall={res['wall_seconds']} s train={record['train_seconds']} s "
+        f"test mIoU={t.get('mIoU')} FWIoU={t.get('FWIoU')} peak={res['peak_memory_mb']}"
+    )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--rs8",
+        type=Path,
+        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
+        help="the rs8 tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
+    )
+    ap.add_argument("--configs", nargs="+", default=["recipe"], choices=sorted(CONFIGS))
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="full")
+    ap.add_argument("--out", type=Path, default=None, help="also write each configuration's JSON here")
+    ap.add_argument("--tmp", type=Path, default=None, help="work dir parent (default /tmp; removed after)")
+    ap.add_argument("--keep", action="store_true", help="keep the project copies and logs")
+    ap.add_argument("--timeout", type=float, default=3600, help="per-run limit in seconds")
+    ap.add_argument("--list", action="store_true", help="list the configurations and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, (desc, overrides, _) in CONFIGS.items():
+            print(f"{name:14s} {desc}  {overrides or ''}")
+        return 0
+    if not (args.rs8 / "train" / "images").is_dir():
+        log(f"no rs8 tree at {args.rs8} (set --rs8 or NAIC_SEG_RS8)")
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="rs8_sweep_", dir=args.tmp))
+    records = []
+    try:
+        for name in args.configs:
+            rec = run_config(name, args.budget, args.rs8.resolve(), work, args.timeout)
+            records.append(rec)
+            if args.out:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / f"{args.budget}_{name}.json").write_text(json.dumps(rec, indent=1) + "\n")
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    doc = {
+        "benchmark": "rs8_sweep",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+        "results": records,
+    }
+    print(json.dumps(doc, indent=1))
+    return 0 if all(r["returncode"] == 0 for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
