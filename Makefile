@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # No usage reports to MLflow's servers (kedro-telemetry is opted out by .telemetry).
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup demo rs8 test lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ setup: $(STAMP)
 ## The main job: the whole flow (data_prep, both training stages, submit) on the synthetic demo tiles.
 demo: $(STAMP)
 	$(BIN)/kedro run --env demo
+
+## The whole flow on the real rs8 tiles with the CPU recipe of conf/rs8 (under 45 minutes on 2 cores).
+RS8 ?= ../shared/data/rs8
+rs8: $(STAMP)
+	$(BIN)/kedro run --env rs8 --params data_root=$(RS8)
 
 ## The tests, then the linters. NAIC_SEG_RS8=<rs8 folder> adds the real-data tests.
 test: $(STAMP)

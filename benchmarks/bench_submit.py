@@ -2,7 +2,7 @@
 
 Two figures, both on hard-linked copies of the rs8 test tiles (``_tiles.make_linked_tree``):
 
-1. **Memory stays flat as the test set grows.** For each size (default 1,000 and 100,000 tiles) a
+1. **Memory stays flat as the test set grows.** For each size (default 1,000, 10,000 and 100,000 tiles) a
    fresh subprocess runs exactly what ``kedro run --pipeline submit`` runs, minus Kedro's start-up:
    the manifest is read with ``AtomicJSONDataset``, the checkpoint with ``TorchCheckpointDataset``
    (versioned, as in the catalog), then the nodes run with the catalog's datasets:
@@ -517,7 +517,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32])
     mem = ap.add_argument_group("memory")
     mem.add_argument("--skip-memory", action="store_true")
-    mem.add_argument("--memory-sizes", type=int, nargs="+", default=[1000, 100000], help="test tile counts")
+    mem.add_argument(
+        "--memory-sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="test tile counts"
+    )
     mem.add_argument("--memory-model", default="pspnet:resnet18", help="arch:encoder (random weights)")
     mem.add_argument("--memory-input-size", type=int, default=64)
     mem.add_argument("--memory-batch", type=int, default=32)

@@ -47,13 +47,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 S1, S2 = "train_stage1", "train_stage2"
 
-# Iterations per budget. conf/rs8 holds the "full" figures; "short" is for comparing settings.
+# Iterations (and batch) per budget. conf/rs8 holds the "full" figures; "short" is for comparing settings:
+# 400 + 100 iterations of batch 8 (the settings of the sweep that chose conf/rs8's batch 16).
 # Stage 2 (stride 8) costs about 2.2x a stage-1 iteration at conf/rs8's batch and size (measured on 2 CPUs:
 # 24.7 vs 11.1 img/s), so a stage-1-only run given s1 + 2.2 * s2 iterations spends the same training time.
 BUDGETS: dict[str, dict[str, int]] = {
-    "full": {"s1": 0, "s2": 0},  # 0: keep conf/rs8's iterations
-    "short": {"s1": 400, "s2": 100},
-    "smoke": {"s1": 4, "s2": 2},  # the test of this script
+    "full": {"s1": 0, "s2": 0, "batch": 0},  # 0: keep conf/rs8's iterations and batch
+    "short": {"s1": 400, "s2": 100, "batch": 8},
+    "smoke": {"s1": 4, "s2": 2, "batch": 4},  # the test of this script
 }
 STAGE2_COST = 2.2
 
@@ -105,7 +106,8 @@ def config_params(name: str, budget: str, rs8: Path) -> tuple[list[str], dict]:
     s1, s2 = BUDGETS[budget]["s1"], BUDGETS[budget]["s2"]
     if not s1:
         s1, s2 = _rs8_iterations()
-    params = {"data_root": str(rs8), **overrides}
+    batch = BUDGETS[budget]["batch"]
+    params = {"data_root": str(rs8), **(_both("train.batch_size", batch) if batch else {}), **overrides}
     params[f"{S1}.train.iterations"] = s1
     params[f"{S2}.train.iterations"] = s2
     args = ["--env", "rs8"]
@@ -218,6 +220,28 @@ def run_config(name: str, budget: str, rs8: Path, work: Path, timeout: float) ->
     return record
 
 
+def markdown_table(records: list[dict]) -> str:
+    """The README's table, from the records (``--table DIR`` reads the JSON files ``--out`` wrote)."""
+    rows = [
+        "| configuration | budget | test mIoU | test FWIoU | stage-1 checkpoint test mIoU | hold-out mIoU "
+        "| training s (stage 1 + 2) | train img/s (stage 1 / 2) | whole run s | peak memory MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    nan = float("nan")
+    for r in records:
+        s1, s2, t = r["stage1"] or {}, r["stage2"] or {}, r["test"] or {}
+        last = s2 or s1
+        s1_test = (r.get("stage1_checkpoint_test") or {}).get("mIoU")
+        train = f"{s1.get('train_seconds', 0):.0f}" + (f" + {s2['train_seconds']:.0f}" if s2 else "")
+        ips = f"{s1.get('images_per_s', 0):.1f}" + (f" / {s2['images_per_s']:.1f}" if s2 else "")
+        rows.append(
+            f"| {r['config']} | {r['budget']} | {t.get('mIoU', nan):.3f} | {t.get('FWIoU', nan):.3f} "
+            f"| {'-' if s1_test is None else f'{s1_test:.3f}'} | {last.get('val_mIoU', nan):.3f} "
+            f"| {train} | {ips} | {r['wall_seconds']:.0f} | {r['peak_memory_mb']['tree_pss_sampled']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -233,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the project copies and logs")
     ap.add_argument("--timeout", type=float, default=3600, help="per-run limit in seconds")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
+    ap.add_argument("--table", type=Path, default=None, help="print the markdown table of the JSONs in DIR")
     args = ap.parse_args(argv)
+    if args.table:
+        records = [json.loads(p.read_text()) for p in sorted(args.table.glob("*.json"))]
+        print(markdown_table(records))
+        return 0
     if args.list:
         for name, (desc, overrides, _) in CONFIGS.items():
             print(f"{name:14s} {desc}  {overrides or ''}")

@@ -48,7 +48,7 @@ USES_TMP = {"data_prep", "submit"}
 
 FULL: dict[str, list[str]] = {
     "data_prep": ["--sizes", "1000", "10000", "100000"],
-    "submit": [],  # its defaults: memory at 1k / 100k tiles, ratio for resnet50@512 and resnet18@256
+    "submit": [],  # its defaults: memory at 1k / 10k / 100k tiles, ratio for resnet50@512 and resnet18@256
     "models": [],  # its defaults: PSPNet and DeepLabV3+, ResNet-50, OS 16 and 8, 512 px, batch 4
     "loader": [],  # its defaults: 512 px, batch 4, workers 0 1 2, infinite sampler
     "train": [],  # its defaults: PSPNet ResNet-18 OS16, 256 px, batch 4, 5 + 20 iterations; GPU section

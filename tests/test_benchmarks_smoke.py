@@ -115,3 +115,13 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
         "smoke_stage1-only.json",
     ]
     assert not list(tmp_path.glob("rs8_sweep_*")), "the work dir is removed"
+
+    table = subprocess.run(
+        [*cmd[:2], "--table", str(tmp_path / "out")], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.splitlines()
+    assert (
+        len(table) == 4
+        and table[2].startswith("| recipe | smoke | ")
+        and table[3].startswith("| stage1-only |")
+    )
+    assert f"| {recipe['test']['mIoU']:.3f} |" in table[2]
