@@ -36,9 +36,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the sibling helper importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _tiles import make_linked_tree
+    from _tiles import add_rs8_argument, make_linked_tree
 else:
-    from ._tiles import make_linked_tree
+    from ._tiles import add_rs8_argument, make_linked_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_TILES = 100_000
@@ -139,6 +139,34 @@ class TreeSampler(threading.Thread):
             self.done.wait(self.interval)
 
 
+def run_sampled(
+    cmd: list[str],
+    cwd: Path,
+    timeout: float,
+    interval: float = 0.1,
+    stdout=None,
+    stderr=None,
+    env: dict | None = None,
+) -> tuple[int, float, TreeSampler]:
+    """Run ``cmd`` while a :class:`TreeSampler` watches its process tree; kill it after ``timeout`` s.
+
+    Returns the exit status, the wall time in seconds and the sampler (its ``peak`` holds the maxima).
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
+    sampler = TreeSampler(proc.pid, interval=interval)
+    sampler.start()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    wall = time.perf_counter() - t0
+    sampler.done.set()
+    sampler.join()
+    return proc.returncode, wall, sampler
+
+
 def run_kedro(project: Path, data_root: Path, log_path: Path, timeout: float) -> dict:
     """Run data_prep once in ``project``; return timings, memory and the exit status."""
     rusage_path = log_path.with_suffix(".rusage.json")
@@ -153,24 +181,15 @@ def run_kedro(project: Path, data_root: Path, log_path: Path, timeout: float) ->
         "--params",
         f"data_root={data_root}",
     ]
-    t0 = time.perf_counter()
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid)
-        sampler.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        wall = time.perf_counter() - t0
-        sampler.done.set()
-        sampler.join()
+        returncode, wall, sampler = run_sampled(
+            cmd, project, timeout, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     text = log_path.read_text(errors="replace")
     m = PIPELINE_RE.search(text)
     usage = json.loads(rusage_path.read_text()) if rusage_path.exists() else {}
     return {
-        "returncode": proc.returncode,
+        "returncode": returncode,
         "wall_seconds": round(wall, 2),
         "pipeline_seconds": float(m.group(1)) if m else None,
         "peak_rss_mb": {
@@ -186,7 +205,7 @@ def run_kedro(project: Path, data_root: Path, log_path: Path, timeout: float) ->
             "kedro_process": round(usage["self_cpu_s"], 2) if usage else None,
             "children": round(usage["children_cpu_s"], 2) if usage else None,
         },
-        "log_tail": None if proc.returncode == 0 else text[-3000:],
+        "log_tail": None if returncode == 0 else text[-3000:],
     }
 
 
@@ -242,12 +261,7 @@ def bench_size(rs8: Path, work: Path, project: Path, n_train: int, n_test: int, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--rs8",
-        type=Path,
-        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
-        help="the rs8 sample tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
-    )
+    add_rs8_argument(ap)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="train tile counts")
     ap.add_argument(
         "--test-ratio", type=float, default=0.2, help="test tiles = round(size * ratio) (default 0.2)"

@@ -49,11 +49,11 @@ if __package__ in (None, ""):  # run as a script: make the sibling helpers and t
     _src = Path(__file__).resolve().parents[1] / "src"
     if _src.is_dir() and str(_src) not in sys.path:
         sys.path.append(str(_src))
-    from _tiles import make_linked_tree
-    from bench_data_prep import TreeSampler
+    from _tiles import add_rs8_argument, make_linked_tree
+    from bench_data_prep import run_sampled
 else:
-    from ._tiles import make_linked_tree
-    from .bench_data_prep import TreeSampler
+    from ._tiles import add_rs8_argument, make_linked_tree
+    from .bench_data_prep import run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUBMIT_PARAMS = PROJECT_ROOT / "conf" / "base" / "parameters_submit.yml"
@@ -267,24 +267,15 @@ def bench_memory_size(args, work: Path, n_tiles: int, checkpoint_path: Path, opt
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-memory", str(size_dir / "config.json")]
     log(f"memory: submit path on {n_tiles} tiles in a fresh process")
     load_start = loadavg()
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL)
-    sampler = TreeSampler(proc.pid, interval=SAMPLE_INTERVAL_S)
-    sampler.start()
-    try:
-        proc.wait(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    wall = time.perf_counter() - t0
-    sampler.done.set()
-    sampler.join()
+    returncode, wall, sampler = run_sampled(
+        cmd, PROJECT_ROOT, args.timeout, interval=SAMPLE_INTERVAL_S, stdout=subprocess.DEVNULL
+    )
     load_end = loadavg()
     result_path = Path(config["result"])
-    child = json.loads(result_path.read_text()) if proc.returncode == 0 and result_path.exists() else {}
+    child = json.loads(result_path.read_text()) if returncode == 0 and result_path.exists() else {}
     record = {
         "tiles": n_tiles,
-        "returncode": proc.returncode,
+        "returncode": returncode,
         "tree": {k: built[k] for k in ("method", "files", "seconds", "fallback_reason")},
         "wall_seconds_incl_startup": round(wall, 2),
         **{k: child.get(k) for k in ("seconds", "tiles_per_s", "zip_entries", "entries_ok", "bytes")},
@@ -311,7 +302,7 @@ def bench_memory_size(args, work: Path, n_tiles: int, checkpoint_path: Path, opt
         "loadavg": {"start": load_start, "end": load_end},
     }
     log(
-        f"  rc={proc.returncode} {child.get('tiles_per_s')} tiles/s, peak process "
+        f"  rc={returncode} {child.get('tiles_per_s')} tiles/s, peak process "
         f"{record['peak_mb']['process_ru_maxrss']} MB, tree PSS {record['peak_mb']['sampled_tree_pss']} MB, "
         f"worker {record['peak_mb']['largest_worker_ru_maxrss']} MB, load {load_start} -> {load_end}"
     )
@@ -508,12 +499,7 @@ def bench_throughput(args, work: Path) -> dict:
 # ----------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--rs8",
-        type=Path,
-        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
-        help="the rs8 sample tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
-    )
+    add_rs8_argument(ap)
     ap.add_argument("--output-stride", type=int, default=16, choices=[8, 16, 32])
     mem = ap.add_argument_group("memory")
     mem.add_argument("--skip-memory", action="store_true")

@@ -39,9 +39,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_data_prep import WRAPPER, TreeSampler, make_project
+    from _tiles import add_rs8_argument
+    from bench_data_prep import WRAPPER, make_project, run_sampled
 else:
-    from .bench_data_prep import WRAPPER, TreeSampler, make_project
+    from ._tiles import add_rs8_argument
+    from .bench_data_prep import WRAPPER, make_project, run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,29 +127,20 @@ def run_kedro(project: Path, args: list[str], log_path: Path, timeout: float) ->
     env = dict(os.environ, BENCH_RUSAGE_OUT=str(rusage_path), COLUMNS="400", NO_COLOR="1")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cmd = [sys.executable, "-c", WRAPPER, "run", *args]
-    t0 = time.perf_counter()
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
-        sampler = TreeSampler(proc.pid, interval=0.2)
-        sampler.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        wall = time.perf_counter() - t0
-        sampler.done.set()
-        sampler.join()
+        returncode, wall, sampler = run_sampled(
+            cmd, project, timeout, interval=0.2, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
     usage = json.loads(rusage_path.read_text()) if rusage_path.exists() else {}
     text = log_path.read_text(errors="replace")
     return {
-        "returncode": proc.returncode,
+        "returncode": returncode,
         "wall_seconds": round(wall, 1),
         "peak_memory_mb": {
             "tree_pss_sampled": round(sampler.peak["tree_pss"] / 1024, 1),
             "kedro_process_maxrss": round(usage["self_maxrss_kb"] / 1024, 1) if usage else None,
         },
-        "log_tail": None if proc.returncode == 0 else text[-4000:],
+        "log_tail": None if returncode == 0 else text[-4000:],
     }
 
 
@@ -244,12 +237,7 @@ def markdown_table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "--rs8",
-        type=Path,
-        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
-        help="the rs8 tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
-    )
+    add_rs8_argument(ap)
     ap.add_argument("--configs", nargs="+", default=["recipe"], choices=sorted(CONFIGS))
     ap.add_argument("--budget", choices=sorted(BUDGETS), default="full")
     ap.add_argument("--out", type=Path, default=None, help="also write each configuration's JSON here")
