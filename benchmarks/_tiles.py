@@ -9,24 +9,12 @@ it falls back to copying and says so on stderr and in the returned summary.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-
-
-def add_rs8_argument(ap: argparse.ArgumentParser) -> None:
-    """``--rs8``: the rs8 tile tree to read (default: $NAIC_SEG_RS8, else /work/shared/data/rs8)."""
-    ap.add_argument(
-        "--rs8",
-        type=Path,
-        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
-        help="the rs8 tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
-    )
-
 
 # errno values after which copying is the only way: another device, too many links to one inode
 # (ext4 allows 65,000), link refused (fs.protected_hardlinks), or no hard links on that file system.

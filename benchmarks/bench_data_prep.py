@@ -36,9 +36,11 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the sibling helper importable
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _tiles import add_rs8_argument, make_linked_tree
+    from _common import add_rs8_argument
+    from _tiles import make_linked_tree
 else:
-    from ._tiles import add_rs8_argument, make_linked_tree
+    from ._common import add_rs8_argument
+    from ._tiles import make_linked_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_TILES = 100_000

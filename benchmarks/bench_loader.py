@@ -25,7 +25,6 @@ goes to stdout, progress to stderr; ``collect(argv) -> dict`` returns it without
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -34,10 +33,14 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the source tree importable without an install
+if __package__ in (None, ""):  # run as a script: the sibling helpers, and the source tree without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     _src = Path(__file__).resolve().parents[1] / "src"
     if _src.is_dir() and str(_src) not in sys.path:
         sys.path.append(str(_src))
+    from _common import add_rs8_argument, loadavg
+else:
+    from ._common import add_rs8_argument, loadavg
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -48,18 +51,11 @@ from naic_seg.core.labels import ClassTable  # noqa: E402
 from naic_seg.core.tiles import id_sort_key  # noqa: E402
 from naic_seg.core.training import _loader  # noqa: E402  (the engine's own DataLoader factory)
 
-DEFAULT_RS8 = os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")
 SEED = 1996  # TrainConfig's default seed
 
 
 def log(msg: str) -> None:
     print(f"[bench_loader {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return None
 
 
 def set_threads(n: int | None) -> None:
@@ -178,7 +174,7 @@ def time_loader(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rs8", type=Path, default=Path(DEFAULT_RS8), help="rs8 tree (default: $NAIC_SEG_RS8)")
+    add_rs8_argument(ap)
     ap.add_argument("--tiles", type=int, default=None, help="use the first N train tiles (default: all)")
     ap.add_argument("--size", type=int, default=512, help="input size the tiles are resized to (default 512)")
     ap.add_argument("--batch", type=int, default=4)

@@ -49,10 +49,12 @@ if __package__ in (None, ""):  # run as a script: make the sibling helpers and t
     _src = Path(__file__).resolve().parents[1] / "src"
     if _src.is_dir() and str(_src) not in sys.path:
         sys.path.append(str(_src))
-    from _tiles import add_rs8_argument, make_linked_tree
+    from _common import add_rs8_argument, loadavg
+    from _tiles import make_linked_tree
     from bench_data_prep import run_sampled
 else:
-    from ._tiles import add_rs8_argument, make_linked_tree
+    from ._common import add_rs8_argument, loadavg
+    from ._tiles import make_linked_tree
     from .bench_data_prep import run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -65,12 +67,6 @@ TIMELINE_POINTS = 20  # RSS samples per phase in the child's timeline
 
 def log(msg: str) -> None:
     print(f"[bench_submit {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return None
 
 
 def _status_kb(field: str) -> int | None:

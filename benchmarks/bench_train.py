@@ -44,10 +44,12 @@ if __package__ in (None, ""):  # run as a script: sibling modules and the source
     _src = Path(__file__).resolve().parents[1] / "src"
     if _src.is_dir() and str(_src) not in sys.path:
         sys.path.append(str(_src))
-    from bench_loader import DEFAULT_RS8, host_info, loadavg, rs8_manifest, set_threads
+    from _common import add_rs8_argument, loadavg
+    from bench_loader import host_info, rs8_manifest, set_threads
     from bench_models import measure
 else:
-    from .bench_loader import DEFAULT_RS8, host_info, loadavg, rs8_manifest, set_threads
+    from ._common import add_rs8_argument, loadavg
+    from .bench_loader import host_info, rs8_manifest, set_threads
     from .bench_models import measure
 
 import torch  # noqa: E402
@@ -252,7 +254,7 @@ def gpu_section(args, train_manifest: list[dict], val_manifest: list[dict]) -> d
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rs8", type=Path, default=Path(DEFAULT_RS8), help="rs8 tree (default: $NAIC_SEG_RS8)")
+    add_rs8_argument(ap)
     ap.add_argument("--train-tiles", type=int, default=None, help="first N rs8 train tiles (default: all)")
     ap.add_argument("--val-tiles", type=int, default=4, help="rs8 test tiles for the one final evaluation")
     ap.add_argument("--arch", default="pspnet", choices=["pspnet", "deeplabv3plus"])

@@ -39,10 +39,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _tiles import add_rs8_argument
+    from _common import add_rs8_argument
     from bench_data_prep import WRAPPER, make_project, run_sampled
 else:
-    from ._tiles import add_rs8_argument
+    from ._common import add_rs8_argument
     from .bench_data_prep import WRAPPER, make_project, run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

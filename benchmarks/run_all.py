@@ -40,6 +40,12 @@ import time
 import traceback
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the sibling helpers importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import add_rs8_argument, loadavg
+else:
+    from ._common import add_rs8_argument, loadavg
+
 HERE = Path(__file__).resolve().parent
 SECTIONS = ("data_prep", "submit", "models", "loader", "train")
 SUBPROCESS = {"data_prep": "bench_data_prep.py", "submit": "bench_submit.py", "models": "bench_models.py"}
@@ -78,12 +84,6 @@ QUICK: dict[str, list[str]] = {
 
 def log(msg: str) -> None:
     print(f"[run_all {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError, AttributeError):
-        return [round(x, 2) for x in os.getloadavg()]
-    return None
 
 
 def _import_inprocess(name: str):
@@ -203,12 +203,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke check, not a measurement")
     ap.add_argument("--only", nargs="+", choices=SECTIONS, default=None, help="run only these sections")
     ap.add_argument("--skip", nargs="+", choices=SECTIONS, default=[], help="leave these sections out")
-    ap.add_argument(
-        "--rs8",
-        type=Path,
-        default=Path(os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")),
-        help="the rs8 tree (default: $NAIC_SEG_RS8 or /work/shared/data/rs8)",
-    )
+    add_rs8_argument(ap)
     ap.add_argument("--tmp", type=Path, default=None, help="parent of the work dirs (default: the system's)")
     ap.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (OMP_NUM_THREADS for subprocesses)"
