@@ -1,6 +1,6 @@
 """Images/s of the training DataLoader, exactly as the engine builds it, against the bare decode rate.
 
-The loader is ``naic_seg.core.training._loader`` (the engine's own factory: batch 4, ``collate``,
+The loader is ``naic_seg.core.runtime.Runtime.loader`` (the engine's own factory: batch 4, ``collate``,
 ``prefetch_factor`` 4, seeded generator) over ``ManifestDataset(label_size="input", size=S)`` with the
 engine's ``InfiniteSampler`` (``--sampler infinite``, the default) or a plain sequential sampler, at each
 ``--workers`` count. Per worker count it reports the start-up (``iter()`` to the first batch: worker
@@ -48,8 +48,8 @@ from PIL import Image  # noqa: E402
 
 from naic_seg.core.data import InfiniteSampler, ManifestDataset  # noqa: E402
 from naic_seg.core.labels import ClassTable  # noqa: E402
+from naic_seg.core.runtime import Runtime  # noqa: E402  (its loader is the engine's DataLoader factory)
 from naic_seg.core.tiles import id_sort_key  # noqa: E402
-from naic_seg.core.training import _loader  # noqa: E402  (the engine's own DataLoader factory)
 
 SEED = 1996  # TrainConfig's default seed
 
@@ -139,7 +139,7 @@ def time_loader(
 ) -> dict:
     """Start-up (``iter`` -> first batch) and the steady rate over ``batches`` after ``warmup`` more."""
     sampler = InfiniteSampler(len(dataset), SEED) if sampler_kind == "infinite" else None
-    loader = _loader(dataset, batch, workers, sampler, seed=SEED, cuda=False)
+    loader = Runtime.resolve("cpu").loader(dataset, batch, workers, sampler, seed=SEED)
     if sampler is None:  # a sequential pass ends: never ask for more batches than it has
         available = len(dataset) // batch - 1 - warmup
         if available < 1:
@@ -210,7 +210,7 @@ def collect(argv: list[str] | None = None) -> dict:
         "batches": args.batches,
         "warmup_batches": args.warmup_batches,
         "reference_tiles": n_ref,
-        "loader": "naic_seg.core.training._loader (the engine's factory), ManifestDataset label_size='input'",
+        "loader": "naic_seg.core.runtime.Runtime.loader (the engine's), ManifestDataset label_size='input'",
     }
     log(f"{len(manifest)} tiles from {args.rs8}, size {args.size}, batch {args.batch}, load {loadavg()}")
     with Image.open(manifest[0]["filename"]) as im:

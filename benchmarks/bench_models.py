@@ -40,6 +40,7 @@ if __package__ in (None, ""):  # run as a script without an installed package: u
         sys.path.insert(0, str(src))
 
 from naic_seg.core.models import ARCHITECTURES, ENCODERS, OUTPUT_STRIDES, build_model  # noqa: E402
+from naic_seg.core.runtime import Runtime  # noqa: E402
 
 NUM_CLASSES = 8
 AUX_WEIGHT = 0.4
@@ -49,25 +50,6 @@ CUDA_DEFAULTS = {"iters": 20, "warmup": 5}
 
 def log(msg: str) -> None:
     print(f"[bench_models] {msg}", file=sys.stderr, flush=True)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but CUDA is not available")
-    return dev
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "none":
-        return None
-    raise ValueError(f"amp must be auto, bf16 or none, got {amp!r}")
 
 
 # ------------------------------------------------------------------------------------------ memory
@@ -158,11 +140,9 @@ def measure(
     """Train (fwd+bwd+SGD step) and inference images/s plus peak memory for one configuration."""
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters must be >= 1 and warmup >= 0, got {iters}, {warmup}")
-    dev = resolve_device(device) if isinstance(device, str) else device
-    dtype = resolve_amp(amp, dev)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    runtime = Runtime.resolve(str(device), amp, channels_last, cudnn_benchmark="auto")
+    dev = runtime.device
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
 
     torch.manual_seed(0)
     model = build_model(arch, encoder, num_classes=NUM_CLASSES, output_stride=stride).to(dev)
@@ -171,10 +151,7 @@ def measure(
     y = torch.randint(0, NUM_CLASSES, (batch, size, size), device=dev)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
-    def autocast():
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=dev.type, dtype=dtype)
+    autocast = runtime.autocast
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -210,7 +187,8 @@ def measure(
         "size": size,
         "batch": batch,
         "device": _device_name(dev),
-        "dtype": "bfloat16" if dtype is torch.bfloat16 else "float32",
+        "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(runtime.precision, "float32"),
+        "runtime": runtime.describe(),
         "channels_last": bool(channels_last),
         "iters": iters,
         "warmup": warmup,
@@ -244,12 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strides", nargs="+", type=int, default=[16, 8], choices=OUTPUT_STRIDES)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument(
-        "--amp", default="auto", choices=["auto", "bf16", "none"], help="auto: bf16 on CUDA, none on CPU"
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "none"],
+        help="auto: the runtime policy (bf16 on CUDA and on CPUs with AMX / AVX-512-BF16, else float32)",
     )
     p.add_argument("--channels-last", action="store_true")
     args = p.parse_args(argv)
 
-    dev = resolve_device(args.device)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but CUDA is not available")
+    dev = Runtime.resolve(args.device).device
     defaults = CUDA_DEFAULTS if dev.type == "cuda" else CPU_DEFAULTS
     iters = args.iters if args.iters is not None else defaults["iters"]
     warmup = args.warmup if args.warmup is not None else defaults["warmup"]

@@ -17,15 +17,16 @@ from naic_seg.core.models import build_model
 from naic_seg.core.predict import (
     PredictConfig,
     Predictor,
-    decode_png,
-    encode_png,
     load_models,
     predict_manifest,
+    predict_tiles,
 )
+from naic_seg.core.runtime import Runtime
 from naic_seg.core.submission import (
     PredictionsReader,
     SubmissionError,
     check_submission,
+    encode_png,
     entry_name,
     submission_entries,
     write_predictions,
@@ -33,7 +34,8 @@ from naic_seg.core.submission import (
 )
 from tests.conftest import write_tile
 
-VALUES = ClassTable.naic().values
+TABLE = ClassTable.naic()
+VALUES = TABLE.values
 MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
 
 
@@ -51,28 +53,28 @@ class PixelwiseModel(torch.nn.Module):
 
 def test_flip_tta_of_a_flip_symmetric_model_equals_no_tta():
     x = torch.randn(2, 3, 32, 32)
-    plain = Predictor([PixelwiseModel()], PredictConfig(tta="none"), 32, 8, torch.device("cpu")).logits(x)
-    flipped = Predictor([PixelwiseModel()], PredictConfig(tta="flip"), 32, 8, torch.device("cpu")).logits(x)
+    plain = Predictor([PixelwiseModel()], PredictConfig(tta="none"), 32, TABLE).logits(x)
+    flipped = Predictor([PixelwiseModel()], PredictConfig(tta="flip"), 32, TABLE).logits(x)
     torch.testing.assert_close(plain, flipped)
 
 
 def test_flip_tta_changes_a_model_that_is_not_symmetric():
     model = build_model(**MODEL).eval()
     x = torch.randn(1, 3, 64, 64)
-    plain = Predictor([model], PredictConfig(tta="none"), 64, 8, torch.device("cpu")).logits(x)
-    flipped = Predictor([model], PredictConfig(tta="flip_scale"), 64, 8, torch.device("cpu")).logits(x)
+    plain = Predictor([model], PredictConfig(tta="none"), 64, TABLE).logits(x)
+    flipped = Predictor([model], PredictConfig(tta="flip_scale"), 64, TABLE).logits(x)
     assert not torch.allclose(plain, flipped)
 
 
 def test_sliding_window_on_a_tile_the_window_size_equals_whole_tile_prediction():
     model = build_model(**MODEL).eval()
-    predictor = Predictor([model], PredictConfig(), 64, 8, torch.device("cpu"))
+    predictor = Predictor([model], PredictConfig(), 64, TABLE)
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(predictor.slide(x, window=64, overlap=0.25), predictor.logits(x))
 
 
 def test_sliding_window_covers_a_large_tile_with_overlapping_windows():
-    predictor = Predictor([PixelwiseModel()], PredictConfig(batch_size=3), 32, 8, torch.device("cpu"))
+    predictor = Predictor([PixelwiseModel()], PredictConfig(batch_size=3), 32, TABLE)
     x = torch.randn(1, 3, 80, 100)
     # pixelwise model at the window's own scale: windows must reassemble the whole-tile logits
     torch.testing.assert_close(
@@ -83,11 +85,10 @@ def test_sliding_window_covers_a_large_tile_with_overlapping_windows():
 def test_an_ensemble_averages_logits():
     a, b = build_model(**MODEL).eval(), build_model(**MODEL).eval()
     x = torch.randn(1, 3, 64, 64)
-    cpu = torch.device("cpu")
-    both = Predictor([a, b], PredictConfig(), 64, 8, cpu).logits(x)
+    both = Predictor([a, b], PredictConfig(), 64, TABLE).logits(x)
     mean = (
-        Predictor([a], PredictConfig(), 64, 8, cpu).logits(x)
-        + Predictor([b], PredictConfig(), 64, 8, cpu).logits(x)
+        Predictor([a], PredictConfig(), 64, TABLE).logits(x)
+        + Predictor([b], PredictConfig(), 64, TABLE).logits(x)
     ) / 2
     torch.testing.assert_close(both, mean)
 
@@ -98,7 +99,7 @@ def test_a_checkpoint_that_does_not_fit_its_model_is_named():
     ckpt = make_checkpoint(MODEL, state, 1, {}, ClassTable.naic().as_config())
     ckpt["source"] = "/models/broken.pt"
     with pytest.raises(CheckpointError, match="/models/broken.pt"):
-        load_models([ckpt], torch.device("cpu"), False)
+        load_models([ckpt], Runtime.resolve("cpu"))
 
 
 def test_predictions_come_back_at_each_tiles_own_size(tmp_path):
@@ -116,8 +117,8 @@ def test_predictions_come_back_at_each_tiles_own_size(tmp_path):
     )
     out = list(predict_manifest(manifest, [ckpt], PredictConfig(workers=0, batch_size=2), ClassTable.naic()))
     assert [tid for tid, _ in out] == ["11", "12"]
-    assert [decode_png(png).shape for _, png in out] == [(40, 40), (24, 24)]
-    assert all(decode_png(png).dtype == np.uint8 and decode_png(png).max() < 8 for _, png in out)
+    assert [pred.shape for _, pred in out] == [(40, 40), (24, 24)]
+    assert all(pred.dtype == np.uint8 and pred.max() < 8 for _, pred in out)
 
 
 def test_predictions_pickle_round_trip(tmp_path):
@@ -188,3 +189,44 @@ def test_check_refuses_eight_bit_entries_and_foreign_values(tmp_path):
         zf.writestr("results/1.png", encode_png(np.full((2, 2), 900, np.uint16)))
     with pytest.raises(SubmissionError, match="values outside"):
         check_submission(path, {"results/1.png": (2, 2)}, VALUES)
+
+
+def _tile_manifest(tmp_path, sizes):
+    manifest = []
+    for tid, size in sizes:
+        img, _ = write_tile(tmp_path, "test", tid, size=size, with_label=False)
+        manifest.append({"filename": str(img)})
+    return manifest
+
+
+def test_auto_mode_slides_windows_over_tiles_larger_than_slide_above(tmp_path):
+    """The README's promise: in ``mode: auto`` a tile with a side above ``slide_above`` is predicted by
+    sliding windows, not resized down to the input size (keep_above was once stored and never read)."""
+    torch.manual_seed(0)
+    model = build_model(**MODEL).eval()
+    manifest = _tile_manifest(tmp_path, [(21, 96), (22, 32)])
+
+    def predict(mode: str) -> dict:
+        cfg = PredictConfig(mode=mode, slide_above=64, window=32, overlap=0.5, workers=0, batch_size=4)
+        return dict(predict_tiles(manifest, Predictor([model], cfg, 32, TABLE)))
+
+    auto, slide, resize = predict("auto"), predict("slide"), predict("resize")
+    assert auto["21"].shape == (96, 96)
+    np.testing.assert_array_equal(auto["21"], slide["21"])
+    assert (auto["21"] != resize["21"]).any()
+    # the small tile is below slide_above: resized, exactly as in resize mode
+    np.testing.assert_array_equal(auto["22"], resize["22"])
+
+
+def test_window_logits_come_back_at_the_windows_size_on_the_cpu():
+    predictor = Predictor([PixelwiseModel()], PredictConfig(), 16, TABLE)
+    images = torch.randint(0, 256, (3, 3, 40, 24), dtype=torch.uint8)
+    out = predictor.window_logits(images)
+    assert out.shape == (3, 8, 40, 24) and out.dtype == torch.float32 and out.device.type == "cpu"
+
+
+def test_predictor_from_checkpoints_refuses_another_class_table():
+    other = ClassTable([1, 2, 3, 4, 5, 6, 7, 8])
+    ckpt = make_checkpoint(MODEL, build_model(**MODEL).state_dict(), 1, {}, other.as_config())
+    with pytest.raises(CheckpointError, match="another class table"):
+        Predictor.from_checkpoints([ckpt], PredictConfig(), TABLE)

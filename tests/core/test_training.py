@@ -12,8 +12,14 @@ from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.synthetic import write_synthetic_tiles
 from naic_seg.core.tiles import TileListing, prepare
-from naic_seg.core.training import RESUME_FILE, NonFiniteLossError, TrainConfig, poly_lr, train
-from naic_seg.pipelines.training.nodes import resolve_model_config
+from naic_seg.core.training import (
+    RESUME_FILE,
+    NonFiniteLossError,
+    TrainConfig,
+    poly_lr,
+    resolve_model_config,
+    train,
+)
 
 MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
 
@@ -72,7 +78,7 @@ def test_unknown_training_parameter_is_named():
 
 def test_stage_two_takes_its_model_from_stage_one_at_stride_eight():
     stage1 = {"model": {**MODEL, "aux": True, "dropout": 0.1}}
-    config = resolve_model_config({"output_stride": 8}, stage1)
+    config = resolve_model_config({"output_stride": 8}, stage1, ClassTable.naic())
     assert config == {**MODEL, "aux": True, "dropout": 0.1, "output_stride": 8, "pretrained": None}
 
 

@@ -82,6 +82,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             label (evaluation at the original size); None loads no label (prediction).
         augment: ``{"hflip": bool, "vflip": bool}``; drawn from ``seed`` and the sample's position in
             the stream, so a run is reproducible whatever the number of workers, and resumable.
+        keep_above: tiles with a side above this are not resized (prediction slides windows over them).
     """
 
     def __init__(
@@ -102,7 +103,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.label_size = label_size
         self.augment = {k: v for k, v in (augment or {}).items() if v}
         self.seed = seed
-        self.keep_above = keep_above  # tiles with a side above this are not resized (sliding windows)
+        self.keep_above = keep_above  # tiles with a side above this keep their size (sliding windows)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -122,16 +123,15 @@ class ManifestDataset(torch.utils.data.Dataset):
         if self.augment:
             rng = np.random.default_rng((self.seed, position))
             image, label = flip(image, label, rng, self.augment)
+        size = None if self.keep_above and max(image.shape[:2]) > self.keep_above else self.size
         sample = {
-            "image": torch.from_numpy(
-                np.ascontiguousarray(resize_image(image, self.size).transpose(2, 0, 1))
-            ),
+            "image": torch.from_numpy(np.ascontiguousarray(resize_image(image, size).transpose(2, 0, 1))),
             "index": index,
             "orig_size": torch.tensor(image.shape[:2]),
         }
         if label is not None:
             if self.label_size == "input":
-                label = resize_index_map(label, self.size)
+                label = resize_index_map(label, size)
             sample["label"] = torch.from_numpy(label.astype(np.int64))
         return sample
 
@@ -189,6 +189,19 @@ class InfiniteSampler(torch.utils.data.Sampler):
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
             yield int(perm[position % self.n]), position
             position += self.world_size
+
+
+def typical_tile_size(manifest: Sequence[dict], sample: int = 32) -> int | None:
+    """The median longer side of up to ``sample`` tiles spread over the manifest (headers only): the scale
+    a model trained on them expects to see imagery at."""
+    if not manifest:
+        return None
+    step = max(1, len(manifest) // sample)
+    sides = []
+    for entry in list(manifest)[::step][:sample]:
+        with Image.open(entry["filename"]) as im:
+            sides.append(max(im.size))
+    return int(np.median(sides))
 
 
 def check_manifest_files(manifest: Sequence[dict]) -> None:

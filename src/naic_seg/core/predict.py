@@ -1,12 +1,14 @@
-"""Prediction: one model or an ensemble, optional flip / multi-scale TTA, sliding windows for big tiles.
+"""The prediction core: models + TTA + windows -> logits and class maps, whatever the output format.
 
-Every combination averages logits before the arg-max. Tiles stream through a DataLoader and come out
-one class map at a time, so memory does not grow with the number of tiles.
+One model or an ensemble, optional flip / multi-scale TTA, sliding windows for big tiles; every combination
+averages logits before the arg-max. :class:`Predictor` turns uint8 images into logits at their own size;
+:func:`predict_tiles` streams a manifest's tiles through a DataLoader and yields one ``(tile id, uint8
+class map)`` at a time, so memory does not grow with the number of tiles. The contest zip
+(:mod:`naic_seg.core.submission`), scene maps and the MLflow model are outputs built on top of it.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
@@ -17,13 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from naic_seg.core.checkpoint import CheckpointError
-from naic_seg.core.data import ManifestDataset, Normalizer, check_manifest_files, collate
+from naic_seg.core.checkpoint import CheckpointError, check_classes
+from naic_seg.core.data import ManifestDataset, check_manifest_files
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model
-from naic_seg.core.training import _amp_dtype, _switch, resolve_device
+from naic_seg.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,9 @@ class PredictConfig:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
 
 
-def load_models(
-    checkpoints: Sequence[dict], device: torch.device, channels_last: bool
-) -> list[torch.nn.Module]:
+def load_models(checkpoints: Sequence[dict], runtime: Runtime) -> list[torch.nn.Module]:
     """Rebuild each checkpoint's model and load its weights strictly; a misfit names the checkpoint."""
     models = []
-    classes = None
     for ckpt in checkpoints:
         source = ckpt.get("source", ckpt.get("stage") or "checkpoint")
         config = {k: v for k, v in ckpt["model"].items() if k != "pretrained"}
@@ -68,13 +66,7 @@ def load_models(
             model.load_state_dict(ckpt["state_dict"], strict=True)
         except (RuntimeError, ValueError, TypeError) as err:
             raise CheckpointError(f"checkpoint '{source}' does not fit its model {config}: {err}") from err
-        if classes is not None and ckpt.get("classes") != classes:
-            raise CheckpointError(f"checkpoint '{source}' was trained on another class table than the first")
-        classes = ckpt.get("classes")
-        model.eval().to(device)
-        if channels_last:
-            model.to(memory_format=torch.channels_last)
-        models.append(model)
+        models.append(runtime.place_model(model.eval()))
     return models
 
 
@@ -85,26 +77,56 @@ def tta_views(mode: str, scales: Sequence[float]) -> list[tuple[float, tuple[int
     return [(s, f) for s in use_scales for f in flips]
 
 
+def _resize(x: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
 class Predictor:
-    """Logits for normalised NCHW batches, averaged over models and TTA views."""
+    """Logits averaged over models and TTA views, under one :class:`Runtime`.
+
+    ``input_size`` is the side the models take (tiles and windows are resized to it and their logits back);
+    ``tile_size`` the side of the tiles the models were trained on (None when unknown), which is the scale a
+    scene should be seen at.
+    """
 
     def __init__(
         self,
         models: Sequence[torch.nn.Module],
         cfg: PredictConfig,
         input_size: int | None,
-        num_classes: int,
-        device: torch.device,
+        classes: ClassTable,
+        runtime: Runtime | None = None,
+        tile_size: int | None = None,
     ):
-        self.models, self.cfg, self.device = list(models), cfg, device
-        self.input_size, self.num_classes = input_size, num_classes
+        self.models, self.cfg, self.classes = list(models), cfg, classes
+        self.runtime = runtime or Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
+        self.input_size, self.num_classes, self.tile_size = input_size, classes.num_classes, tile_size
         self.views = tta_views(cfg.tta, cfg.tta_scales)
-        self.amp_dtype = _amp_dtype(cfg.amp, device)
-        self.channels_last = _switch(cfg.channels_last, device.type == "cuda")
+        self.prepare = self.runtime.normalizer()
+
+    @classmethod
+    def from_checkpoints(
+        cls, checkpoints: Sequence[dict], cfg: PredictConfig, classes: ClassTable
+    ) -> Predictor:
+        """Models built and checked now: a misfit or another class table raises here."""
+        if not checkpoints:
+            raise ValueError("no checkpoint to predict with")
+        for ckpt in checkpoints:
+            check_classes(ckpt, classes)
+        runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
+        log.info("Prediction runtime: %s", runtime.describe())
+        preprocess = checkpoints[0].get("preprocess", {})
+        input_size = cfg.input_size or preprocess.get("input_size")
+        models = load_models(checkpoints, runtime)
+        return cls(models, cfg, input_size, classes, runtime, preprocess.get("tile_size"))
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Mean logits at the input's own resolution (float32)."""
+        """Mean logits of normalised images as given to the models (float32, at the images' resolution)."""
         size = images.shape[-2:]
         total = torch.zeros(images.shape[0], self.num_classes, *size, device=images.device)
         for scale, dims in self.views:
@@ -113,44 +135,46 @@ class Predictor:
                 x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             if dims:
                 x = x.flip(dims)
-            if self.channels_last:
+            if self.runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             for model in self.models:
-                with torch.autocast(
-                    self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
-                ):
+                with self.runtime.autocast():
                     out = model(x).float()
                 if dims:
                     out = out.flip(dims)
                 if out.shape[-2:] != size:
-                    out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+                    out = _resize(out, size)
                 total += out
         return total / (len(self.views) * len(self.models))
 
+    def resized_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images of any size: resized to the input size and the logits back."""
+        size = images.shape[-2:]
+        if self.input_size and tuple(size) != (self.input_size, self.input_size):
+            images = _resize(images, (self.input_size, self.input_size))
+        out = self.logits(images)
+        return _resize(out, size) if out.shape[-2:] != size else out
+
+    @torch.inference_mode()
+    def window_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N x 3 x h x w windows -> float32 N x C x h x w logits on the CPU (resized to the input
+        size for the models and back): what scene mapping and served models call."""
+        return self.resized_logits(self.prepare(images)).cpu()
+
     def slide(self, image: torch.Tensor, window: int, overlap: float) -> torch.Tensor:
-        """Logits of one 1xCxHxW tile from overlapping ``window`` crops, each resized to the input size."""
+        """Logits of one normalised 1xCxHxW tile from overlapping ``window`` crops (averaged where they
+        overlap), each resized to the input size."""
         _, _, h, w = image.shape
         stride = max(1, math.ceil(window * (1 - overlap)))
-        ys = _starts(h, window, stride)
-        xs = _starts(w, window, stride)
+        places = [(y, x) for y in _starts(h, window, stride) for x in _starts(w, window, stride)]
         total = torch.zeros(1, self.num_classes, h, w, device=image.device)
         count = torch.zeros(1, 1, h, w, device=image.device)
-        crops, places = [], []
-        for y in ys:
-            for x in xs:
-                crops.append(image[..., y : y + window, x : x + window])
-                places.append((y, x))
-        for i in range(0, len(crops), self.cfg.batch_size):
-            batch = torch.cat(crops[i : i + self.cfg.batch_size])
-            wh = batch.shape[-2:]
-            if self.input_size and tuple(wh) != (self.input_size, self.input_size):
-                batch = F.interpolate(
-                    batch, size=(self.input_size,) * 2, mode="bilinear", align_corners=False
-                )
-            out = self.logits(batch)
-            if out.shape[-2:] != wh:
-                out = F.interpolate(out, size=wh, mode="bilinear", align_corners=False)
-            for (y, x), logit in zip(places[i : i + self.cfg.batch_size], out, strict=True):
+        step = self.cfg.batch_size
+        for i in range(0, len(places), step):
+            crops = torch.cat([image[..., y : y + window, x : x + window] for y, x in places[i : i + step]])
+            out = self.resized_logits(crops)
+            wh = out.shape[-2:]
+            for (y, x), logit in zip(places[i : i + step], out, strict=True):
                 total[..., y : y + wh[0], x : x + wh[1]] += logit
                 count[..., y : y + wh[0], x : x + wh[1]] += 1
         return total / count
@@ -163,29 +187,21 @@ def _starts(length: int, window: int, stride: int) -> list[int]:
     return [*starts, length - window]
 
 
+def class_map(logits: torch.Tensor, size) -> torch.Tensor:
+    """N x C x h x w logits -> N x H x W class indices at ``size`` (bilinear logits, then arg-max)."""
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = _resize(logits.float(), size)
+    return logits.max(1).indices  # max().indices gives argmax's result at a tenth of its CPU cost
+
+
 def _class_maps(logits: torch.Tensor, sizes: list[list[int]]) -> Iterator[np.ndarray]:
     """uint8 class maps, each resized back to its tile's own size.
 
     One tile at a time: resizing a whole batch at once made the resident set spike by hundreds of MB
     over a 100,000-tile run (measured with benchmarks/bench_submit.py).
     """
-    for logit, (h, w) in zip(logits, sizes, strict=True):
-        logit = logit[None]
-        if logit.shape[-2:] != (h, w):
-            logit = F.interpolate(logit, size=(h, w), mode="bilinear", align_corners=False)
-        # max().indices gives argmax's result at a tenth of its CPU cost
-        yield logit.max(1).indices[0].to(torch.uint8).cpu().numpy()
-
-
-def encode_png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im)
+    for logit, size in zip(logits, sizes, strict=True):
+        yield class_map(logit[None], size)[0].to(torch.uint8).cpu().numpy()
 
 
 def predict_manifest(
@@ -194,70 +210,69 @@ def predict_manifest(
     cfg: PredictConfig,
     classes: ClassTable,
     progress_every: int = 500,
-) -> Iterator[tuple[str, bytes]]:
-    """``(tile id, PNG bytes of the uint8 class map)`` for every manifest entry, in order.
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(tile id, uint8 class map)`` for every manifest entry, in order.
 
     Models are built and checked now (a misfit raises here); tiles are read and predicted lazily.
     """
-    if not checkpoints:
-        raise ValueError("no checkpoint to predict with")
     check_manifest_files(manifest)
-    device = resolve_device(cfg.device)
-    models = load_models(checkpoints, device, _switch(cfg.channels_last, device.type == "cuda"))
-    input_size = cfg.input_size or checkpoints[0].get("preprocess", {}).get("input_size")
-    predictor = Predictor(models, cfg, input_size, classes.num_classes, device)
-    return _predict_stream(manifest, predictor, classes, progress_every)
+    predictor = Predictor.from_checkpoints(checkpoints, cfg, classes)
+    return predict_tiles(manifest, predictor, progress_every)
 
 
-def _predict_stream(manifest, predictor: Predictor, classes: ClassTable, progress_every: int):
-    cfg, device, input_size = predictor.cfg, predictor.device, predictor.input_size
-    normalize = Normalizer().to(device)
-    window = cfg.window or input_size
-    # Tiles come resized to the input size and batched; in slide mode (or, in auto mode, tiles with a
-    # side above slide_above) they come whole and are predicted window by window.
+def predict_tiles(
+    manifest: Sequence[dict], predictor: Predictor, progress_every: int = 500
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Stream a manifest's tiles through ``predictor``: resized to its input size and batched, or, in
+    slide mode (and in auto mode for tiles with a side above ``slide_above``), whole and window by window."""
+    cfg = predictor.cfg
     slide = cfg.mode == "slide"
     dataset = ManifestDataset(
         manifest,
-        classes,
-        None if slide else input_size,
+        predictor.classes,
+        None if slide else predictor.input_size,
         label_size=None,
         keep_above=cfg.slide_above if cfg.mode == "auto" else None,
     )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.workers else None,
-    )
-    started, done = time.perf_counter(), 0
+    loader = predictor.runtime.loader(dataset, cfg.batch_size, cfg.workers)
+    progress = _TileProgress(len(manifest), progress_every)
     for batch in loader:
         sizes = batch["orig_size"].tolist()
         images = batch["image"]
         groups = [images] if isinstance(images, torch.Tensor) else [image[None] for image in images]
         position = 0
         for group in groups:
-            x = normalize(group.to(device, non_blocking=True))
-            if slide or max(x.shape[-2:]) > cfg.slide_above:
-                logits = torch.cat(
-                    [predictor.slide(x[j : j + 1], window, cfg.overlap) for j in range(len(x))]
-                )
-            else:
-                if input_size and tuple(x.shape[-2:]) != (input_size, input_size):
-                    x = F.interpolate(x, size=(input_size, input_size), mode="bilinear", align_corners=False)
-                logits = predictor.logits(x)
+            logits = _group_logits(predictor, predictor.prepare(group), slide)
             for pred in _class_maps(logits, sizes[position : position + len(logits)]):
-                entry = manifest[int(batch["index"][position])]
-                yield Path(entry["filename"]).stem, encode_png(pred)
+                yield Path(manifest[int(batch["index"][position])]["filename"]).stem, pred
                 position += 1
-        done += len(sizes)
-        if progress_every and done % progress_every < len(sizes):
-            rate = done / (time.perf_counter() - started)
+        progress.add(len(sizes))
+
+
+def _group_logits(predictor: Predictor, x: torch.Tensor, slide: bool) -> torch.Tensor:
+    cfg = predictor.cfg
+    if slide or max(x.shape[-2:]) > cfg.slide_above:
+        window = cfg.window or predictor.input_size
+        return torch.cat([predictor.slide(x[j : j + 1], window, cfg.overlap) for j in range(len(x))])
+    if predictor.input_size and tuple(x.shape[-2:]) != (predictor.input_size,) * 2:
+        x = _resize(x, (predictor.input_size, predictor.input_size))
+    return predictor.logits(x)
+
+
+class _TileProgress:
+    """A log line every ``every`` tiles with the rate and ETA."""
+
+    def __init__(self, total: int, every: int):
+        self.total, self.every, self.done, self.started = total, every, 0, time.perf_counter()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.every and self.done % self.every < n:
+            rate = self.done / (time.perf_counter() - self.started)
             log.info(
                 "predicted %d/%d tiles (%.1f tiles/s, ETA %.0f s)",
-                done,
-                len(manifest),
+                self.done,
+                self.total,
                 rate,
-                (len(manifest) - done) / rate,
+                (self.total - self.done) / rate,
             )

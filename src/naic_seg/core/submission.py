@@ -1,4 +1,7 @@
-"""The predictions pickle and the contest submission zip: streamed, atomic, checked before they appear.
+"""The contest's output format: the predictions pickle and the submission zip, streamed, atomic, checked.
+
+The prediction core (:mod:`naic_seg.core.predict`) yields uint8 class maps; this module alone knows PNG
+records, 16-bit contest values and the zip layout.
 
 The pickle is a stream of records ``(tile id, PNG bytes of the uint8 class map)`` after a header, read
 back with an unpickler that refuses every class (records hold only str and bytes), so a tampered file
@@ -16,13 +19,32 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from naic_seg.core.atomic import atomic_path
-from naic_seg.core.predict import decode_png, encode_png
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.metrics import confusion_matrix, scores
 
 PICKLE_FORMAT = "naic-seg-predictions/1"
 TILE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im)
+
+
+def prediction_records(class_maps: Iterable[tuple[str, np.ndarray]]) -> Iterator[tuple[str, bytes]]:
+    """``(tile id, uint8 class map)`` -> the pickle's ``(tile id, PNG bytes)`` records, lazily."""
+    for tile_id, class_map in class_maps:
+        yield tile_id, encode_png(class_map)
 
 
 class SubmissionError(ValueError):
@@ -92,6 +114,19 @@ def submission_entries(
         yield entry_name(tile_id), encode_png(lut[decode_png(png)])
 
 
+def expected_entries(test_manifest: Sequence[dict]) -> dict[str, tuple[int, int]]:
+    """Entry name -> (width, height) the zip must hold for each test tile: the size data_prep recorded in
+    the manifest, or, for a manifest written before it recorded sizes, the image header's."""
+    expected = {}
+    for entry in test_manifest:
+        size = entry.get("size")
+        if size is None:
+            with Image.open(entry["filename"]) as im:
+                size = im.size
+        expected[entry_name(Path(entry["filename"]).stem)] = (int(size[0]), int(size[1]))
+    return expected
+
+
 def write_submission(
     path: str | os.PathLike,
     entries: Iterable[tuple[str, bytes]],
@@ -151,3 +186,46 @@ def read_submission(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]
     with zipfile.ZipFile(path) as zf:
         for name in zf.namelist():
             yield Path(name).stem, decode_png(zf.read(name))
+
+
+LABEL_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def score_submission(
+    entries: Iterable[tuple[str, np.ndarray]], label_files: Iterable[str], classes: ClassTable
+) -> dict:
+    """Score ``(tile id, value map)`` entries against the label files with the same ids (others are
+    counted as unlabelled): mIoU, FWIoU, accuracy, per-class IoU and the confusion matrix."""
+    labels = {Path(p).stem: p for p in label_files if p.lower().endswith(LABEL_SUFFIXES)}
+    n = classes.num_classes
+    cm = torch.zeros(n, n, dtype=torch.int64)
+    scored = unlabelled = 0
+    for tid, values in entries:
+        if tid not in labels:
+            unlabelled += 1
+            continue
+        with Image.open(labels[tid]) as im:
+            truth = classes.to_index(np.asarray(im))
+        pred = classes.to_index(values)
+        if truth.shape != pred.shape:
+            raise SubmissionError(
+                f"prediction for '{tid}' is {pred.shape}, its label '{labels[tid]}' {truth.shape}"
+            )
+        cm += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(truth), n)
+        scored += 1
+    return {
+        "evaluated": True,
+        "tiles_scored": scored,
+        "tiles_without_label": unlabelled,
+        **scores(cm, classes.names),
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def scores_as_metrics(metrics: dict) -> dict[str, dict]:
+    """The submission's scores as kedro-mlflow metric items (``submit.test_mIoU``, ...)."""
+    if not metrics.get("evaluated"):
+        return {}
+    values = {f"test_{k}": metrics[k] for k in ("mIoU", "FWIoU", "pixel_accuracy")}
+    values |= {f"test_IoU.{k}": v for k, v in metrics["per_class_IoU"].items() if v is not None}
+    return {k: {"value": float(v), "step": 0} for k, v in values.items()}

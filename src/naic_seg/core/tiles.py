@@ -295,11 +295,14 @@ def prepare(
     class_counts = np.zeros((len(pairs), n_cls + 1), dtype=np.int64)
     sizes: dict[str, Counter] = {"train": Counter(), "test": Counter()}
     notes = []
+    test_sizes = []  # (width, height) of each test tile: the submission's entries must match them
     for i, (size, counts, note, tile_problems) in enumerate(inspect_pairs(pairs + test_pairs, opts, workers)):
         problems += tile_problems
         split = "train" if i < len(pairs) else "test"
         if size:
             sizes[split][f"{size[0]}x{size[1]}"] += 1
+        if split == "test":
+            test_sizes.append(size)
         if note:
             notes.append((pairs + test_pairs)[i][0] + ": " + note)
         if counts is not None:
@@ -318,7 +321,9 @@ def prepare(
     val = [
         {"filename": img, "ann": {"seg_map": lab}} for (img, lab), v in zip(pairs, val_mask, strict=True) if v
     ]
-    test = [{"filename": img} for img, _ in test_pairs]
+    test = [
+        {"filename": img, "size": list(size)} for (img, _), size in zip(test_pairs, test_sizes, strict=True)
+    ]
     report = build_report(
         class_counts, val_mask, class_names, label_values, sizes, len(test), len(skipped), notes
     )

@@ -27,7 +27,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 evaluate_submission,
                 ["submission", "test_labels", "params:classes"],
-                "submission_metrics",
+                ["submission_metrics", "submission_scores"],
                 name="evaluate_submission",
             ),
         ]

@@ -26,7 +26,7 @@ def template() -> Pipeline:
                     "train": "params:train",
                     "distributed": "params:distributed",
                 },
-                outputs=["checkpoint", "metrics", "validation_tiles"],
+                outputs=["checkpoint", "metrics", "validation_tiles", "scores"],
                 name="train",
             ),
             node(
