@@ -102,9 +102,13 @@ def test_loss_falls_and_validation_miou_rises_well_above_chance(manifests, tmp_p
     assert steps == {60}
 
 
-def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(manifests, tmp_path, caplog):
+# bf16 explicitly (not "auto"), so the bf16 path is checked on every CPU, native or emulated.
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
+    manifests, tmp_path, caplog, amp
+):
     train_m, val_m = manifests
-    reference = train(MODEL, config(tmp_path / "a"), train_m, val_m, ClassTable.naic())
+    reference = train(MODEL, config(tmp_path / "a", amp=amp), train_m, val_m, ClassTable.naic())
 
     class Killed(Exception):
         pass
@@ -113,7 +117,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
         if step == 10:
             raise Killed
 
-    cfg = config(tmp_path / "b", log_interval=2)
+    cfg = config(tmp_path / "b", log_interval=2, amp=amp)
     with pytest.raises(Killed):
         train(MODEL, cfg, train_m, val_m, ClassTable.naic(), log_fn=kill_at_10)
     assert torch.load(Path(cfg.work_dir) / RESUME_FILE, weights_only=True)["iteration"] == 8
@@ -159,3 +163,28 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(ma
     state = torch.load(Path(cfg.work_dir) / RESUME_FILE, weights_only=True)
     assert 1 <= state["iteration"] < 50
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_a_bf16_trained_checkpoint_is_float32_and_predicts_the_same_classes_without_autocast(
+    manifests, tmp_path
+):
+    from naic_seg.core.models import build_model
+    from naic_seg.core.predict import PredictConfig, Predictor
+    from naic_seg.core.runtime import Runtime
+
+    train_m, val_m = manifests
+    result = train(MODEL, config(tmp_path, iterations=6, amp="bf16"), train_m, val_m, ClassTable.naic())
+    assert all(v.dtype in (torch.float32, torch.int64) for v in result.state_dict.values())
+    model = build_model(**MODEL).eval()
+    model.load_state_dict(result.state_dict, strict=True)
+    images = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0)).to(torch.uint8)
+
+    def logits(amp: str) -> torch.Tensor:
+        runtime = Runtime.resolve("cpu", amp, False)
+        return Predictor([model], PredictConfig(), 64, ClassTable.naic(), runtime).window_logits(images)
+
+    fp32, bf16 = logits("none"), logits("bf16")
+    top2 = fp32.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 0.05  # bf16 keeps 8 bits of mantissa: closer calls may flip
+    assert clear.float().mean() > 0.5
+    assert torch.equal(fp32.argmax(1)[clear], bf16.argmax(1)[clear])
