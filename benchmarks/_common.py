@@ -1,10 +1,11 @@
-"""Small helpers every benchmark script shares: where the rs8 tiles are, and the machine's load."""
+"""Helpers every benchmark script shares: where the rs8 tiles are, the load, memory and CPU time."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import resource
 from pathlib import Path
 
 DEFAULT_RS8 = os.environ.get("NAIC_SEG_RS8", "/work/shared/data/rs8")
@@ -25,3 +26,18 @@ def loadavg() -> list[float] | None:
     with contextlib.suppress(OSError, AttributeError):
         return [round(x, 2) for x in os.getloadavg()]
     return None
+
+
+def status_kb(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (``VmRSS``, ``VmHWM``), or None where there is none."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) and of its waited-for children (DataLoader workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime

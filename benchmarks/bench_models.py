@@ -38,6 +38,10 @@ if __package__ in (None, ""):  # run as a script without an installed package: u
     src = Path(__file__).resolve().parents[1] / "src"
     if src.is_dir() and str(src) not in sys.path:
         sys.path.insert(0, str(src))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import status_kb
+else:
+    from ._common import status_kb
 
 from naic_seg.core.models import ARCHITECTURES, ENCODERS, OUTPUT_STRIDES, build_model  # noqa: E402
 from naic_seg.core.runtime import Runtime  # noqa: E402
@@ -53,16 +57,6 @@ def log(msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ memory
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _trim_heap() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
@@ -85,7 +79,7 @@ class PeakMemory:
         _trim_heap()
         try:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-            self.start_kb = _status_kb("VmRSS") or 0
+            self.start_kb = status_kb("VmRSS") or 0
         except OSError:
             self.kind = "cpu_ru_maxrss_lifetime"
             self.start_kb = 0
@@ -95,7 +89,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if self.kind == "cpu_peak_rss_delta":
-            hwm = _status_kb("VmHWM")
+            hwm = status_kb("VmHWM")
             if hwm is not None:
                 return max(hwm - self.start_kb, 0) / 1024
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

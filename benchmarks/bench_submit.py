@@ -49,11 +49,11 @@ if __package__ in (None, ""):  # run as a script: make the sibling helpers and t
     _src = Path(__file__).resolve().parents[1] / "src"
     if _src.is_dir() and str(_src) not in sys.path:
         sys.path.append(str(_src))
-    from _common import add_rs8_argument, loadavg
+    from _common import add_rs8_argument, cpu_seconds, loadavg, status_kb
     from _tiles import make_linked_tree
     from bench_data_prep import run_sampled
 else:
-    from ._common import add_rs8_argument, loadavg
+    from ._common import add_rs8_argument, cpu_seconds, loadavg, status_kb
     from ._tiles import make_linked_tree
     from .bench_data_prep import run_sampled
 
@@ -67,20 +67,6 @@ TIMELINE_POINTS = 20  # RSS samples per phase in the child's timeline
 
 def log(msg: str) -> None:
     print(f"[bench_submit {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def _status_kb(field: str) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return None
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all threads) and of its waited-for children (DataLoader workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _mb(kb: int | None) -> float | None:
@@ -164,7 +150,7 @@ class _RssTimeline:
         for n, item in enumerate(stream, 1):
             yield item
             if n % self.every == 0:
-                self.points.append((n, _mb(_status_kb("VmRSS"))))
+                self.points.append((n, _mb(status_kb("VmRSS"))))
 
 
 def run_submit_path(work: Path, manifest, checkpoint, classes: list[dict], options: dict) -> dict:
@@ -180,7 +166,7 @@ def run_submit_path(work: Path, manifest, checkpoint, classes: list[dict], optio
     predict_timeline = _RssTimeline(n)
     preds_ds.save(predict_timeline.wrap(stream))
     t1 = time.perf_counter()
-    hwm_predict = _status_kb("VmHWM")
+    hwm_predict = status_kb("VmHWM")
     submission = make_submission(preds_ds.load(), manifest, classes)
     zip_timeline = _RssTimeline(n)
     submission.entries = zip_timeline.wrap(submission.entries)
@@ -218,10 +204,10 @@ def _child_memory(config_path: str) -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[child %(asctime)s] %(message)s")
     cfg = json.loads(Path(config_path).read_text())
     work = Path(cfg["work"])
-    rss_start = _status_kb("VmRSS")
+    rss_start = status_kb("VmRSS")
     manifest = AtomicJSONDataset(cfg["manifest"]).load()
     checkpoint = catalog_checkpoint(None, Path(cfg["checkpoint"]))
-    rss_loaded = _status_kb("VmRSS")
+    rss_loaded = status_kb("VmRSS")
     result = run_submit_path(work, manifest, checkpoint, cfg["classes"], cfg["options"])
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     result.update(
@@ -363,21 +349,29 @@ def bench_memory(args, work: Path) -> dict:
 
 # --------------------------------------------------------------------------------- 2. throughput
 def forward_only(model, batch: int, size: int, warmup: int, iters: int, min_seconds: float) -> dict:
-    """Images/s of ``model`` on one synthetic batch of normalised floats (eval, inference_mode)."""
+    """Images/s of ``model`` on one synthetic batch, normalised on the device, under the runtime submit
+    resolves from the same options (precision, memory format), eval and inference_mode."""
     import torch
 
-    from naic_seg.core.data import Normalizer
+    from naic_seg.core.runtime import Runtime
 
+    options = submit_options()
+    runtime = Runtime.resolve(options["device"], options["amp"], options["channels_last"])
     gen = torch.Generator().manual_seed(0)
-    x = Normalizer()(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen))
-    model.eval()
+    x = runtime.normalizer()(torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen))
+    model = runtime.place_model(model.eval())
     load_start = loadavg()
+
+    def step():
+        with runtime.autocast():
+            model(x)
+
     with torch.inference_mode():
         for _ in range(warmup):
-            model(x)
+            step()
         done, cpu0, t0 = 0, cpu_seconds(), time.perf_counter()
         while done < iters or time.perf_counter() - t0 < min_seconds:
-            model(x)
+            step()
             done += 1
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
     return {
