@@ -1,0 +1,67 @@
+"""Reference segmentation models, split by what each part owns:
+
+- ``heads``: the PSP, DeepLabV3+ (ASPP) and FCN auxiliary heads and their blocks;
+- ``segmentor``: the ``SegmentationModel`` base, PSPNet, DeepLabV3+, the one registry of architectures and
+  encoders, and ``build_model``;
+- ``weights``: backbone weights from local files, key conversion.
+
+Everything public is re-exported here, so ``from naic_seg.core.models import build_model`` is the import.
+"""
+
+from naic_seg.core.models.heads import (
+    ASPP,
+    ASPP_CHANNELS,
+    ASPP_RATES_OS16,
+    AUX_CHANNELS,
+    AUX_INDEX,
+    DECODER_CHANNELS,
+    DEEP_INDEX,
+    LOW_LEVEL_CHANNELS,
+    LOW_LEVEL_INDEX,
+    PSP_BINS,
+    PSP_CHANNELS,
+    ConvBNReLU,
+    DeepLabV3PlusHead,
+    FCNHead,
+    PSPHead,
+    PyramidPoolingModule,
+)
+from naic_seg.core.models.segmentor import (
+    ARCHITECTURES,
+    ENCODERS,
+    OUTPUT_STRIDES,
+    DeepLabV3Plus,
+    PSPNet,
+    SegmentationModel,
+    build_model,
+    convert_sync_batchnorm,
+)
+from naic_seg.core.models.weights import load_backbone_weights
+
+__all__ = [
+    "ARCHITECTURES",
+    "ASPP",
+    "ASPP_CHANNELS",
+    "ASPP_RATES_OS16",
+    "AUX_CHANNELS",
+    "AUX_INDEX",
+    "DECODER_CHANNELS",
+    "DEEP_INDEX",
+    "ENCODERS",
+    "LOW_LEVEL_CHANNELS",
+    "LOW_LEVEL_INDEX",
+    "OUTPUT_STRIDES",
+    "PSP_BINS",
+    "PSP_CHANNELS",
+    "ConvBNReLU",
+    "DeepLabV3Plus",
+    "DeepLabV3PlusHead",
+    "FCNHead",
+    "PSPHead",
+    "PSPNet",
+    "PyramidPoolingModule",
+    "SegmentationModel",
+    "build_model",
+    "convert_sync_batchnorm",
+    "load_backbone_weights",
+]

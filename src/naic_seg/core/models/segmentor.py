@@ -1,0 +1,180 @@
+"""The segmentor: PSPNet and DeepLabV3+ on a dilated encoder with an FCN auxiliary head, the one registry of
+architectures and encoders, and ``build_model``.
+
+Plain PyTorch (no Kedro, no MLflow). The encoders come from smp's ``encoders.get_encoder``, which also
+dilates them (``output_stride`` 16 dilates stage 4, 8 dilates stages 3 and 4, 32 leaves them as they are).
+Dilation only changes strides/dilations/paddings, never parameter names or shapes, so one state dict fits
+every output stride.
+
+The encoder returns six feature maps ``[input, stride 2, stage 1 (stride 4), stage 2, stage 3, stage 4]``;
+the heads (``heads.py``) use stage 1 (DeepLabV3+ low-level features), stage 3 (auxiliary head) and stage 4
+(decode heads).
+
+In train mode ``forward`` returns ``(logits, aux_logits)`` (``aux_logits`` is ``None`` when ``aux=False``);
+in eval mode it returns the logits tensor alone. Both are upsampled bilinearly (``align_corners=False``) to
+the input size. The auxiliary loss weight lives in the training code, not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+
+from naic_seg.core.models.heads import (
+    AUX_INDEX,
+    DEEP_INDEX,
+    LOW_LEVEL_INDEX,
+    DeepLabV3PlusHead,
+    FCNHead,
+    PSPHead,
+    upsample,
+)
+from naic_seg.core.models.weights import load_backbone_weights
+
+# Only encoders checked to build at strides 8/16/32 with stride-invariant state dicts and to accept ImageNet
+# classifier keys (torchvision keys for ``resnet*``, timm keys for ``tu-resnet*d``, the "v1c"-like deep stem).
+ENCODERS: tuple[str, ...] = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "tu-resnet18d",
+    "tu-resnet34d",
+    "tu-resnet50d",
+    "tu-resnet101d",
+)
+OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
+
+
+# -------------------------------------------------------------------------------------- validation
+def _validate(arch: str, encoder: str, num_classes: int, output_stride: int, dropout: float) -> None:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; valid choices: {', '.join(ARCHITECTURES)}")
+    if encoder not in ENCODERS:
+        raise ValueError(f"unknown encoder {encoder!r}; valid choices: {', '.join(ENCODERS)}")
+    if isinstance(output_stride, bool) or output_stride not in OUTPUT_STRIDES:
+        raise ValueError(
+            f"invalid output_stride {output_stride!r}; valid choices: {', '.join(map(str, OUTPUT_STRIDES))}"
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+
+
+# ------------------------------------------------------------------------------------------ models
+def _make_encoder(encoder: str, output_stride: int, imagenet: bool) -> nn.Module:
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    if imagenet:  # downloads; tu- encoders take a bool, smp ones the weights name
+        weights: str | bool | None = True if encoder.startswith("tu-") else "imagenet"
+    else:
+        weights = None
+    return get_encoder(encoder, in_channels=3, depth=5, weights=weights, output_stride=output_stride)
+
+
+class SegmentationModel(nn.Module):
+    """Shared base: encoder + ``decode_head`` (from the subclass) + optional FCN ``aux_head`` (stage 3)."""
+
+    arch: str = ""
+
+    def __init__(
+        self,
+        encoder: str,
+        num_classes: int = 8,
+        output_stride: int = 16,
+        aux: bool = True,
+        dropout: float = 0.1,
+        imagenet: bool = False,
+    ):
+        super().__init__()
+        _validate(self.arch, encoder, num_classes, output_stride, dropout)
+        self.config: dict = {
+            "arch": self.arch,
+            "encoder": encoder,
+            "num_classes": int(num_classes),
+            "output_stride": int(output_stride),
+            "aux": bool(aux),
+            "dropout": float(dropout),
+        }
+        self.encoder = _make_encoder(encoder, output_stride, imagenet)
+        channels = list(self.encoder.out_channels)
+        if len(channels) != 6:
+            raise ValueError(
+                f"encoder {encoder!r} gives {len(channels)} feature maps, expected 6: {channels}"
+            )
+        self.encoder_channels: tuple[int, ...] = tuple(channels)
+        self.decode_head = self._build_decode_head(channels, num_classes, output_stride, dropout)
+        self.aux_head: nn.Module | None = FCNHead(channels[AUX_INDEX], num_classes, dropout) if aux else None
+
+    def _build_decode_head(
+        self, channels: list[int], num_classes: int, output_stride: int, dropout: float
+    ) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor | None]:
+        size = x.shape[-2:]
+        features = self.encoder(x)
+        logits = upsample(self.decode_head(features), size)
+        if not self.training:
+            return logits
+        aux_logits = None
+        if self.aux_head is not None:
+            aux_logits = upsample(self.aux_head(features[AUX_INDEX]), size)
+        return logits, aux_logits
+
+
+class PSPNet(SegmentationModel):
+    arch = "pspnet"
+
+    def _build_decode_head(self, channels, num_classes, output_stride, dropout):
+        return PSPHead(channels[DEEP_INDEX], num_classes, dropout)
+
+
+class DeepLabV3Plus(SegmentationModel):
+    arch = "deeplabv3plus"
+
+    def _build_decode_head(self, channels, num_classes, output_stride, dropout):
+        return DeepLabV3PlusHead(
+            channels[DEEP_INDEX], channels[LOW_LEVEL_INDEX], num_classes, output_stride, dropout
+        )
+
+
+_CLASSES: dict[str, type[SegmentationModel]] = {cls.arch: cls for cls in (PSPNet, DeepLabV3Plus)}
+ARCHITECTURES: tuple[str, ...] = tuple(_CLASSES)
+
+
+def build_model(
+    arch: str,
+    encoder: str,
+    num_classes: int = 8,
+    output_stride: int = 16,
+    pretrained: str | None = None,
+    aux: bool = True,
+    dropout: float = 0.1,
+) -> SegmentationModel:
+    """Build a model. ``pretrained``: None (random), "imagenet" (smp/timm download) or a local file."""
+    _validate(arch, encoder, num_classes, output_stride, dropout)
+    local: Path | None = None
+    if pretrained is not None and pretrained != "imagenet":
+        local = Path(pretrained).expanduser()
+        if not local.is_file():
+            raise FileNotFoundError(f"pretrained weights file not found: {str(pretrained)!r}")
+    model = _CLASSES[arch](
+        encoder,
+        num_classes=num_classes,
+        output_stride=output_stride,
+        aux=aux,
+        dropout=dropout,
+        imagenet=pretrained == "imagenet",
+    )
+    if local is not None:
+        load_backbone_weights(model, str(local))
+    return model
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm*d with SyncBatchNorm (for DistributedDataParallel training)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
