@@ -13,6 +13,10 @@ and the peak memory of the train phase (and of the infer phase):
     .venv/bin/python benchmarks/bench_models.py --size 512 --batch 4 --encoders resnet50 \\
         --strides 16 8 > bench.json
 
+``--encoders`` takes any name of the models registry (``naic_seg.core.models.ENCODERS``), e.g.
+``resnet18 tu-tf_efficientnet_lite0 tu-tf_efficientnet_lite1 tu-tf_efficientnet_lite2``; weights are random
+(speed and memory do not depend on them).
+
 One JSON document (a list of records) goes to stdout; progress goes to stderr. ``measure`` is importable:
 
     from benchmarks.bench_models import measure

