@@ -6,4 +6,8 @@ import os
 # reaches for the network (kedro-telemetry is opted out by the project's .telemetry file).
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from naic_seg import quiet  # noqa: E402
+
+quiet.install()
+
 __version__ = "0.1.0"

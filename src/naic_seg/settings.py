@@ -2,9 +2,9 @@
 
 from kedro.config import OmegaConfigLoader
 
-from naic_seg.hooks import OutputCheckHook
+from naic_seg.hooks import OutputCheckHook, RunHook
 
-HOOKS = (OutputCheckHook(),)
+HOOKS = (OutputCheckHook(), RunHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
