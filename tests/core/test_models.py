@@ -478,16 +478,7 @@ def test_converted_lite_weights_are_the_trained_ones(rs8_root):
 
     Measured here (Lite0, 16 tiles at 128 px, ImageNet normalisation): mean gap 0.16 vs 1.8, log-variance
     gap 0.30 vs 3.0 (Lite1: 0.16 / 2.3, 0.30 / 3.1; Lite2: 0.15 / 2.8, 0.32 / 2.7)."""
-    import numpy as np
-    from PIL import Image
-
-    from naic_seg.core.data import Normalizer
-
-    files = sorted(p for p in (rs8_root / "train" / "images").iterdir() if p.is_file())
-    files = files[:: max(1, len(files) // 16)][:16]
-    assert len(files) == 16, f"too few rs8 training tiles in {rs8_root}"
-    tiles = [np.asarray(Image.open(f).convert("RGB").resize((128, 128), Image.BILINEAR)) for f in files]
-    images = Normalizer()(torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2))
+    images = _rs8_batch(rs8_root, "imagenet")
 
     model = build_model("pspnet", LITE0, pretrained="imagenet")
     trained = model.encoder.state_dict()
@@ -503,6 +494,44 @@ def test_converted_lite_weights_are_the_trained_ones(rs8_root):
         right_var,
         wrong_var,
     )
+
+
+def _rs8_batch(rs8_root: Path, normalization: str) -> torch.Tensor:
+    """16 rs8 training tiles at 128 px, normalised with ImageNet's statistics or Lite0's own."""
+    import numpy as np
+    from PIL import Image
+
+    from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+    from naic_seg.core.models import input_normalization
+
+    files = sorted(p for p in (rs8_root / "train" / "images").iterdir() if p.is_file())
+    files = files[:: max(1, len(files) // 16)][:16]
+    assert len(files) == 16, f"too few rs8 training tiles in {rs8_root}"
+    tiles = [np.asarray(Image.open(f).convert("RGB").resize((128, 128), Image.BILINEAR)) for f in files]
+    stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if normalization == "imagenet" else None
+    stats = stats or input_normalization(LITE0)
+    return Normalizer(stats["mean"], stats["std"])(torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2))
+
+
+def test_lite_weights_expect_their_own_input_normalisation(rs8_root):
+    """EfficientNet-Lite was trained on (x - 127) / 128: with that normalisation (the registry's), the stem
+    BatchNorm sees inputs whose variance matches its running variance far better than with ImageNet's."""
+    from naic_seg.core.models import input_normalization
+
+    assert input_normalization(LITE0) == {"mean": [0.5] * 3, "std": [0.5] * 3}
+    assert input_normalization("resnet18")["mean"] == [0.485, 0.456, 0.406]
+    encoder = build_model("pspnet", LITE0, pretrained="imagenet").encoder.eval()
+    stem = next(m for m in encoder.modules() if isinstance(m, nn.BatchNorm2d))
+    gaps = {}
+    for name in ("imagenet", "own"):
+        seen = []
+        handle = stem.register_forward_pre_hook(lambda m, inputs, seen=seen: seen.append(inputs[0]))
+        with torch.no_grad():
+            encoder(_rs8_batch(rs8_root, name))
+        handle.remove()
+        x = seen[0].transpose(0, 1).flatten(1).double()
+        gaps[name] = ((x.var(1) + stem.eps) / (stem.running_var.double() + stem.eps)).log().abs().median()
+    assert gaps["own"] < 0.6 * gaps["imagenet"], gaps
 
 
 def _fake_package_file(encoder: nn.Module, path: Path, drop_last: int = 0, extra: bool = False) -> dict:

@@ -230,3 +230,15 @@ def test_predictor_from_checkpoints_refuses_another_class_table():
     ckpt = make_checkpoint(MODEL, build_model(**MODEL).state_dict(), 1, {}, other.as_config())
     with pytest.raises(CheckpointError, match="another class table"):
         Predictor.from_checkpoints([ckpt], PredictConfig(), TABLE)
+
+
+def test_the_predictor_normalises_as_the_checkpoint_says_and_refuses_a_mixed_ensemble():
+    resnet = make_checkpoint(MODEL, build_model(**MODEL).state_dict(), 1, {}, TABLE.as_config())
+    lite_config = {**MODEL, "encoder": "tu-tf_efficientnet_lite0"}
+    lite = make_checkpoint(lite_config, build_model(**lite_config).state_dict(), 1, {}, TABLE.as_config())
+    assert Predictor.from_checkpoints([resnet], PredictConfig(), TABLE).normalization["std"][0] == 0.229
+    assert Predictor.from_checkpoints([lite], PredictConfig(), TABLE).normalization["std"] == [0.5] * 3
+    recorded = {**resnet, "preprocess": {"normalization": {"mean": [0.1] * 3, "std": [0.2] * 3}}}
+    assert Predictor.from_checkpoints([recorded], PredictConfig(), TABLE).normalization["mean"] == [0.1] * 3
+    with pytest.raises(CheckpointError, match="different input normalisations"):
+        Predictor.from_checkpoints([resnet, lite], PredictConfig(), TABLE)

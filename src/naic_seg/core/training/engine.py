@@ -19,7 +19,7 @@ from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.data import InfiniteSampler, ManifestDataset
 from naic_seg.core.labels import IGNORE_INDEX, ClassTable
 from naic_seg.core.metrics import scores
-from naic_seg.core.models import build_model, convert_sync_batchnorm
+from naic_seg.core.models import build_model, convert_sync_batchnorm, input_normalization
 from naic_seg.core.runtime import Runtime
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.evaluation import evaluate
@@ -73,7 +73,8 @@ class Stage:
         )
         self.scaler = runtime.grad_scaler()
         self.run_model: torch.nn.Module = model
-        self.prepare = runtime.normalizer()
+        self.normalization = input_normalization(model_config["encoder"])
+        self.prepare = runtime.normalizer(self.normalization)
 
     def wrap(self, world_size: int) -> None:
         """DistributedDataParallel and torch.compile, after any resume state is loaded."""
@@ -140,6 +141,7 @@ class _Evaluations:
             cfg.eval_batch_size or cfg.batch_size,
             cfg.workers,
             self.stage.runtime,
+            self.stage.normalization,
             cfg.grid_tiles,
             self.rank,
             self.world_size,

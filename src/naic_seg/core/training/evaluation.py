@@ -51,6 +51,7 @@ def evaluate(
     batch_size: int,
     workers: int,
     runtime: Runtime,
+    normalization: dict | None = None,
     grid_tiles: int = 0,
     rank: int = 0,
     world_size: int = 1,
@@ -59,7 +60,7 @@ def evaluate(
     shard = list(manifest[rank::world_size])
     dataset = ManifestDataset(shard, classes, input_size, label_size="original")
     loader = runtime.loader(dataset, batch_size, workers)
-    prepare = runtime.normalizer()
+    prepare = runtime.normalizer(normalization)
     n = classes.num_classes
     cm = torch.zeros(n, n, dtype=torch.int64, device=runtime.device)
     grid = _Grid(shard, grid_tiles if rank == 0 else 0)

@@ -9,6 +9,7 @@ from naic_seg.core.atomic import check_writable
 from naic_seg.core.checkpoint import check_classes, make_checkpoint
 from naic_seg.core.data import check_manifest_files, typical_tile_size
 from naic_seg.core.labels import ClassTable
+from naic_seg.core.models import input_normalization
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.engine import TrainResult
 from naic_seg.core.training.resume import RESUME_FILE
@@ -57,7 +58,11 @@ def stage_checkpoint(
         {k: result.metrics[k] for k in SUMMARY_KEYS},
         classes.as_config(),
         stage=name,
-        preprocess={"input_size": cfg.input_size, "tile_size": typical_tile_size(train_manifest)},
+        preprocess={
+            "input_size": cfg.input_size,
+            "tile_size": typical_tile_size(train_manifest),
+            "normalization": input_normalization(model_config["encoder"]),
+        },
     )
 
 
