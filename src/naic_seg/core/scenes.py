@@ -71,7 +71,7 @@ class SceneOptions:
     values (100..800, which do not fit a byte) as uint16 (nodata 0, the contest's "unlabelled").
     """
 
-    window: int
+    window: int | None = None  # scene pixels per window; needed to map, not to read maps back
     overlap: float = 0.25
     batch_size: int = 8
     bands: Sequence[int] | None = None
@@ -80,9 +80,10 @@ class SceneOptions:
     progress_every_s: float = 10.0
 
     def __post_init__(self):
-        if int(self.window) < 8:
-            raise ValueError(f"window must be at least 8 scene pixels, got {self.window}")
-        self.window = int(self.window)
+        if self.window is not None:
+            if int(self.window) < 8:
+                raise ValueError(f"window must be at least 8 scene pixels, got {self.window}")
+            self.window = int(self.window)
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch_size < 1:
@@ -332,6 +333,8 @@ def map_scene(
     """Map one scene into the COG ``target`` (atomically). ``logits_fn``: uint8 N x 3 x h x w (CPU) ->
     float32 N x C x h x w logits, with C = ``classes.num_classes``."""
     scene, target = Path(scene), Path(target)
+    if options.window is None:
+        raise ValueError("SceneOptions.window is needed to map a scene")
     info = inspect_scene(scene, options)
     dtype, nodata, lut = output_encoding(classes, options.output_values)
     started = time.perf_counter()
