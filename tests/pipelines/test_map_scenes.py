@@ -117,20 +117,20 @@ def test_a_corrupt_scene_is_named_and_nothing_is_mapped(kedro_runner, tmp_path):
 
 def test_sigkill_during_mapping_leaves_no_partial_map_then_the_same_command_completes(kedro_runner, tmp_path):
     project = kedro_runner.project
-    ckpt = random_checkpoint(tmp_path / "random.pt", input_size=32, tile_size=32)
-    # Many small windows, one at a time: mapping lasts long enough to be killed in the middle.
+    ckpt = random_checkpoint(tmp_path / "random.pt", input_size=32, tile_size=128)
+    # About 80 windows, one at a time: mapping lasts seconds, long enough to be killed in the middle.
     args = [
         "--env",
         "demo",
         "--pipeline",
         "map_scenes",
         "--params",
-        f"map_scenes.checkpoints={ckpt},map_scenes.batch_size=1,map_scenes.overlap=0.5,map_scenes.device=cpu",
+        f"map_scenes.checkpoints={ckpt},map_scenes.batch_size=1,map_scenes.device=cpu",
     ]
     maps = project / "data/07_model_output/scene_maps"
     proc = kedro_cli(project, *args)
     wait_for(lambda: maps.is_dir() and any(maps.glob(".scene_0.tif.*.strips.tmp")), 180, proc)
-    time.sleep(1.0)
+    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (maps / "scene_0.tif").exists() and not (maps / "scene_1.tif").exists()

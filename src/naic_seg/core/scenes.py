@@ -354,8 +354,8 @@ def map_scene(
                     "transform": src.transform,
                 }
                 with rasterio.open(strips, "w", **profile) as dst:
+                    dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
                     result = _map_into(src, dst, info, logits_fn, classes, options, lut)
-                    dst.write_colormap(1, colormap(classes, options.output_values))
             rasterio.shutil.copy(
                 strips,
                 final_tmp,
