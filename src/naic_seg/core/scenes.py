@@ -314,6 +314,16 @@ def _read_strip(src, options, limits, y: int, rows: int) -> tuple[np.ndarray, np
     return image, valid
 
 
+def _shift_up(plane: np.ndarray, shift: int) -> None:
+    """Move rows ``shift..`` to the top of ``plane`` in place and zero the rest, in chunks of at most
+    ``shift`` rows so that source and destination never overlap (numpy would copy them otherwise)."""
+    rows = plane.shape[0]
+    for start in range(0, rows - shift, shift):
+        stop = min(start + shift, rows - shift)
+        plane[start:stop] = plane[start + shift : stop + shift]
+    plane[max(rows - shift, 0) :] = 0
+
+
 def _pad_to(window_image: np.ndarray, size: int) -> np.ndarray:
     """A window cut short by a scene smaller than ``size`` is mirrored out to full size, so the model
     sees the scene at the same scale as everywhere else (a resize would change it)."""
@@ -399,10 +409,8 @@ def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
         for k, y in enumerate(ys):
             shift = y - origin  # rows above y are already written; keep the pending rows below
             if shift:
-                acc[:, : strip_h - shift] = acc[:, shift:]
-                acc[:, strip_h - shift :] = 0
-                weight[: strip_h - shift] = weight[shift:]
-                weight[strip_h - shift :] = 0
+                for plane in (*acc, weight):  # plane by plane: no temporary copy of the whole strip
+                    _shift_up(plane, shift)
                 origin = y
             try:
                 image, valid = _read_strip(src, options, limits, y, strip_h)
@@ -434,30 +442,6 @@ def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
     return SceneResult(
         info.name, width, height, len(ys) * len(xs), skipped, 0.0, counts.tolist(), nodata_pixels
     )
-
-
-def map_scenes(
-    scenes: Sequence[SceneInfo],
-    folder: str | os.PathLike,
-    logits_fn: LogitsFn,
-    classes: ClassTable,
-    options: SceneOptions,
-) -> Iterator[SceneResult]:
-    """Map each (already checked) scene into ``folder/<scene>.tif``, one at a time."""
-    total_px, total_s = 0, 0.0
-    for n, info in enumerate(scenes, 1):
-        log.info("Mapping scene %d/%d: %s (%d x %d)", n, len(scenes), info.path, info.width, info.height)
-        result = map_scene(info.path, Path(folder) / f"{info.name}.tif", logits_fn, classes, options)
-        total_px += info.width * info.height
-        total_s += result.seconds
-        yield result
-    if scenes:
-        log.info(
-            "Mapped %d scene(s), %.1f megapixels at %.2f megapixels/s",
-            len(scenes),
-            total_px / 1e6,
-            total_px / 1e6 / max(total_s, 1e-9),
-        )
 
 
 # --- reading maps back: areas, scores, quick-looks ----------------------------------------------------------
