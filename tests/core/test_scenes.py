@@ -264,3 +264,19 @@ def test_naic_values_score_and_quicklook(tmp_path):
     quicklook(scene, tmp_path / "lab_map.tif", tmp_path / "q" / "lab.png", CLASSES, opts)
     png = Image.open(tmp_path / "q" / "lab.png")
     assert png.width > 600 and png.format == "PNG"
+
+
+def test_rows_of_nodata_only_windows_between_batches(tmp_path):
+    """Whole rows of windows are skipped while a batch is pending: they are still written as nodata and
+    the windows around them blend as usual."""
+    data = random_scene(300, 200, seed=8)
+    data[:, 80:230] = 0
+    scene = write_scene(tmp_path / "band.tif", data, nodata=0)
+    fn = counting(conv_logits())
+    result = map_scene(scene, tmp_path / "band_map.tif", fn, CLASSES, SceneOptions(window=32, batch_size=5))
+    assert result.windows_skipped >= 5 * 8 and fn.windows == result.windows - result.windows_skipped
+    with rasterio.open(tmp_path / "band_map.tif") as src:
+        written = src.read(1)
+    expected = whole_scene_map(conv_logits(), data)
+    expected[80:230] = 255
+    np.testing.assert_array_equal(written, expected)

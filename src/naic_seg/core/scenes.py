@@ -52,7 +52,7 @@ SCENE_SUFFIXES = (".tif", ".tiff")
 LABEL_SUFFIX = "_label"
 OUTPUT_VALUES = ("index", "naic")
 # GDAL's block cache: the default (5 % of RAM) would keep every written block of a big map resident.
-GDAL_CACHE_MB = 64
+GDAL_CACHE_MB = 32
 COG_BLOCK = 512
 
 
@@ -324,6 +324,18 @@ def _shift_up(plane: np.ndarray, shift: int) -> None:
     plane[max(rows - shift, 0) :] = 0
 
 
+def _argmax_rows(acc: np.ndarray, rows: int) -> np.ndarray:
+    """uint8 arg-max over classes of ``acc[:, :rows]``, class by class: ``ndarray.argmax(0)`` would first
+    copy the whole (classes x rows x width) slab into a transposed temporary."""
+    best = acc[0, :rows].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, acc.shape[0]):
+        better = acc[c, :rows] > best  # strict: ties keep the lower class, as argmax does
+        index[better] = c
+        np.maximum(best, acc[c, :rows], out=best)
+    return index
+
+
 def _pad_to(window_image: np.ndarray, size: int) -> np.ndarray:
     """A window cut short by a scene smaller than ``size`` is mirrored out to full size, so the model
     sees the scene at the same scale as everywhere else (a resize would change it)."""
@@ -392,55 +404,110 @@ def map_scene(
     return result
 
 
+class _Strip:
+    """The blend accumulator for the rows ``origin .. origin + rows`` of the scene, full width."""
+
+    def __init__(self, classes: ClassTable, rows: int, width: int, lut: np.ndarray, dst):
+        self.acc = np.zeros((classes.num_classes, rows, width), dtype=np.float32)
+        self.weight = np.zeros((rows, width), dtype=np.float32)
+        self.counts = np.zeros(classes.num_classes, dtype=np.int64)
+        self.origin, self.nodata_pixels, self.lut, self.dst = 0, 0, lut, dst
+
+    def add(self, logit: np.ndarray, y: int, x: int, w2d: np.ndarray) -> None:
+        rows, span = w2d.shape
+        top = y - self.origin
+        self.acc[:, top : top + rows, x : x + span] += logit[:, :rows, :span] * w2d
+        self.weight[top : top + rows, x : x + span] += w2d
+
+    def finish(self, rows: int, valid: np.ndarray) -> None:
+        """Arg-max, nodata and write the top ``rows`` (no later window touches them), then move on."""
+        cls = _argmax_rows(self.acc, rows)
+        invalid = ~valid[:rows] | (self.weight[:rows] <= 0)
+        cls[invalid] = IGNORE_INDEX
+        self.counts += np.bincount(cls[~invalid], minlength=len(self.counts))[: len(self.counts)]
+        self.nodata_pixels += int(invalid.sum())
+        self.dst.write(self.lut[cls][None], window=Window(0, self.origin, cls.shape[1], rows))
+        for plane in (*self.acc, self.weight):  # plane by plane: no temporary copy of the whole strip
+            _shift_up(plane, rows)
+        self.origin += rows
+
+
 def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
+    """Windows go through ``logits_fn`` in full batches taken in row-major order, so a batch may span two
+    rows of windows: logits of the next row wait until the strip has moved down to them (at most one batch
+    of them), instead of every row ending on a short batch."""
     width, height, win = src.width, src.height, options.window
     ys = window_starts(height, win, options.stride)
     xs = window_starts(width, win, options.stride)
     strip_h = min(win, height)
     overlap_px = win - options.stride
     profiles_x = [blend_profile(win, overlap_px, x > 0, x + win < width)[: width - x] for x in xs]
+    profiles_y = [blend_profile(win, overlap_px, y > 0, y + win < height)[:strip_h] for y in ys]
     limits = _stretch_limits(src, options)
-    acc = np.zeros((classes.num_classes, strip_h, width), dtype=np.float32)
-    weight = np.zeros((strip_h, width), dtype=np.float32)
-    counts = np.zeros(classes.num_classes, dtype=np.int64)
-    skipped, nodata_pixels, origin = 0, 0, 0
+    strip = _Strip(classes, strip_h, width, lut, dst)
+    masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each window row read but not yet written
+    skipped = [0]
     progress = _Progress(info.name, len(ys) * len(xs), options.progress_every_s)
-    try:
+
+    def windows() -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """(row, column, crop) in row-major order; (row, -1, None) when a row's strip has been read."""
         for k, y in enumerate(ys):
-            shift = y - origin  # rows above y are already written; keep the pending rows below
-            if shift:
-                for plane in (*acc, weight):  # plane by plane: no temporary copy of the whole strip
-                    _shift_up(plane, shift)
-                origin = y
             try:
-                image, valid = _read_strip(src, options, limits, y, strip_h)
+                image, masks[k] = _read_strip(src, options, limits, y, strip_h)
             except RasterioError as err:
                 raise SceneError(f"'{info.path}': cannot read rows {y}..{y + strip_h}: {err}") from err
-            profile_y = blend_profile(win, overlap_px, y > 0, y + win < height)[:strip_h]
-            todo = [j for j, x in enumerate(xs) if valid[:, x : x + win].any()]
-            skipped += len(xs) - len(todo)
-            for i in range(0, len(todo), options.batch_size):
-                batch = todo[i : i + options.batch_size]
-                crops = np.stack([_pad_to(image[:, :, xs[j] : xs[j] + win], win) for j in batch])
-                logits = logits_fn(torch.from_numpy(crops)).float().numpy()
-                for j, logit in zip(batch, logits, strict=True):
-                    x, w2d = xs[j], profile_y[:, None] * profiles_x[j][None, :]
-                    span = w2d.shape[1]
-                    acc[:, :, x : x + span] += logit[:, :strip_h, :span] * w2d
-                    weight[:, x : x + span] += w2d
-                progress.add(len(batch))
-            progress.add(len(xs) - len(todo))
-            done_rows = (ys[k + 1] - y) if k + 1 < len(ys) else strip_h
-            cls = acc[:, :done_rows].argmax(0).astype(np.uint8)
-            invalid = ~valid[:done_rows] | (weight[:done_rows] <= 0)
-            cls[invalid] = IGNORE_INDEX
-            counts += np.bincount(cls[~invalid], minlength=classes.num_classes)[: classes.num_classes]
-            nodata_pixels += int(invalid.sum())
-            dst.write(lut[cls][None], window=Window(0, y, width, done_rows))
+            yield k, -1, None
+            for j, x in enumerate(xs):
+                if masks[k][:, x : x + win].any():
+                    yield k, j, _pad_to(image[:, :, x : x + win], win)
+                else:  # a window that is nodata only costs no forward pass
+                    skipped[0] += 1
+                    progress.add(1)
+
+    row = 0  # the window row the strip starts at
+
+    def finish_rows_before(k: int) -> None:
+        nonlocal row
+        while row < k:
+            strip.finish((ys[row + 1] - ys[row]) if row + 1 < len(ys) else strip_h, masks.pop(row))
+            row += 1
+
+    def run(batch: list) -> None:
+        logits = logits_fn(torch.from_numpy(np.stack([crop for _, _, crop in batch]))).float().numpy()
+        for (k, j, _), logit in zip(batch, logits, strict=True):
+            finish_rows_before(k)
+            strip.add(logit, ys[k], xs[j], profiles_y[k][:, None] * profiles_x[j][None, :])
+        progress.add(len(batch))
+        batch.clear()
+
+    batch: list = []
+    try:
+        for k, j, crop in windows():
+            if j >= 0:
+                batch.append((k, j, crop))
+                if len(batch) == options.batch_size:
+                    run(batch)
+                continue
+            # A new row of windows was read. Rows of nodata-only windows yield nothing, so do not let their
+            # masks pile up behind a pending batch: run it short, then write the rows that are done.
+            if batch and len(masks) > 2:
+                run(batch)
+            if not batch:
+                finish_rows_before(k)
+        if batch:
+            run(batch)
+        finish_rows_before(len(ys))
     finally:
         progress.close()
     return SceneResult(
-        info.name, width, height, len(ys) * len(xs), skipped, 0.0, counts.tolist(), nodata_pixels
+        info.name,
+        width,
+        height,
+        len(ys) * len(xs),
+        skipped[0],
+        0.0,
+        strip.counts.tolist(),
+        strip.nodata_pixels,
     )
 
 
