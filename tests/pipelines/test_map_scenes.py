@@ -184,9 +184,8 @@ def test_rs8_model_maps_the_shared_scenes(kedro_runner, rs8_root, scenes_root):
     # the trivial baseline: the most frequent true class everywhere (its IoU is its share; other classes 0)
     share = truth_counts / truth_counts.sum()
     baseline_miou = share.max() / (truth_counts > 0).sum()
-    print(
-        f"map mIoU {report['overall']['mIoU']:.4f} FWIoU {report['overall']['FWIoU']:.4f}; baseline {baseline_miou:.4f}"
-    )
+    overall = report["overall"]
+    print(f"map mIoU {overall['mIoU']:.4f} FWIoU {overall['FWIoU']:.4f}; baseline mIoU {baseline_miou:.4f}")
     assert report["overall"]["mIoU"] > baseline_miou + 0.05, (report["overall"]["mIoU"], baseline_miou)
     _, runs = mlflow_runs(project)
     assert "map.rs8test_gid_mosaic.mIoU" in runs[0].data.metrics
