@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline
 
-from naic_seg.pipelines import data_prep, submit, training
+from naic_seg.pipelines import data_prep, map_scenes, submit, training
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -11,6 +11,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "train_stage1": training.create_pipeline(stage=1),
         "train_stage2": training.create_pipeline(stage=2),
         "submit": submit.create_pipeline(),
+        "map_scenes": map_scenes.create_pipeline(),
     }
     pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
     return pipelines

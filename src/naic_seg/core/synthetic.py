@@ -92,3 +92,61 @@ def write_synthetic_tiles(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def write_synthetic_scenes(
+    root: str | os.PathLike,
+    sizes=((700, 560), (433, 517)),
+    seed: int = 0,
+    label_values=(100, 200, 300, 400, 500, 600, 700, 800),
+) -> Path:
+    """Write seeded synthetic GeoTIFF scenes (``scene_<i>.tif``, 3-band uint8, nodata 0, EPSG:32650 at
+    0.5 m) with ``scene_<i>_label.tif`` beside each, once: later calls find the marker and return.
+
+    Each scene is a larger Voronoi map painted like the demo tiles, with a nodata block in a corner, so the
+    demo's map_scenes has blending, nodata and a score to show. Not imagery: never judge a model on it.
+    """
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    root = Path(root)
+    if (root / COMPLETE_MARKER).exists():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"'{root}' exists and is not a finished synthetic scene folder; remove it first"
+        )
+    log.info("Writing %d synthetic demo scenes to %s (seed %d)", len(sizes), root, seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        rng = np.random.default_rng(seed)
+        for i, (height, width) in enumerate(sizes):
+            side = max(height, width)
+            image, label = synthetic_tile(rng, side, label_values)
+            image, label = image[:height, :width], label[:height, :width]
+            image = np.maximum(image, 1)  # 0 is nodata
+            image[: height // 5, : width // 4] = 0
+            label[: height // 5, : width // 4] = 0
+            profile = {
+                "driver": "GTiff",
+                "width": width,
+                "height": height,
+                "crs": CRS.from_epsg(32650),
+                "transform": from_origin(400_000.0 + 1000 * i, 3_500_000.0, 0.5, 0.5),
+                "compress": "deflate",
+            }
+            with rasterio.open(
+                tmp / f"scene_{i}.tif", "w", count=3, dtype="uint8", nodata=0, **profile
+            ) as dst:
+                dst.write(np.moveaxis(image, -1, 0))
+            with rasterio.open(tmp / f"scene_{i}_label.tif", "w", count=1, dtype="uint16", **profile) as dst:
+                dst.write(label[None])
+        (tmp / COMPLETE_MARKER).write_text(f"seed={seed} sizes={list(sizes)}\n")
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root

@@ -1,0 +1,356 @@
+"""Benchmark scene mapping (``naic_seg.core.scenes.map_scene``) on CPU. Prints one JSON document.
+
+1. **Throughput**: a synthetic scene (default 2,000 x 2,000 px, 3-band uint8, 0.5 m, written into a temp
+   folder) mapped end to end (strip reads, forward passes through ``Predictor.window_logits``, blending,
+   arg-max, strip writes, COG conversion with overviews) against forward-only ``window_logits`` on
+   in-memory batches of windows of the same size and count, measured before and after (the ratio uses the
+   faster). Random weights: speed does not depend on them. Target: end to end >= 0.85 x forward-only.
+   Also km² per hour at 50 cm = megapixels/s x 0.25 m² x 3600.
+2. **Memory**: for each size (default 2,000 and 20,000 px a side) the synthetic scene is written by
+   blocks, then a subprocess maps it with a cheap model (a 1x1 convolution: the question is how memory
+   grows with the scene, not how big a model is), its peak from ``getrusage`` and from sampling the PSS of
+   its process tree every 0.2 s. Target: peaks within 200 MB of each other.
+3. **Quality** (``--checkpoint``, ``--scenes``): every labelled scene mapped with blended windows vs the same
+   scene cut into the submit path's tiles (``--tile`` px, each resized to the model's input and back, no
+   overlap), both scored against ``<scene>_label.tif`` with the same confusion matrix. Scenes whose pixels
+   were training tiles (``full_*``, see the scenes README) are reported apart from the headline figures.
+
+    .venv/bin/python benchmarks/bench_scenes.py > bench_scenes.json
+    .venv/bin/python benchmarks/bench_scenes.py --skip-throughput --skip-memory \\
+        --checkpoint data/06_models/stage2_checkpoint.pt/<version>/stage2_checkpoint.pt \\
+        --scenes ../shared/data/scenes
+    .venv/bin/python benchmarks/bench_scenes.py --quick      # a smoke run: small sizes, seconds
+
+``main(argv) -> dict`` is importable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    _src = Path(__file__).resolve().parents[1] / "src"
+    if _src.is_dir() and str(_src) not in sys.path:
+        sys.path.append(str(_src))
+    from _common import loadavg
+    from bench_data_prep import run_sampled
+else:
+    from ._common import loadavg
+    from .bench_data_prep import run_sampled
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+RATIO_TARGET = 0.85
+MEMORY_TARGET_MB = 200.0
+PIXEL_M = 0.5
+
+
+def log(msg: str) -> None:
+    print(f"[bench_scenes {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def write_synthetic_scene(path: Path, side: int, seed: int = 0, block: int = 512) -> Path:
+    """A side x side 3-band uint8 GeoTIFF (tiled, DEFLATE, EPSG:32650 at 0.5 m), written block by block:
+    smooth colour fields plus noise, cheap to make and to compress, never whole in memory."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * np.pi, size=(3, 2))
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
+        "crs": CRS.from_epsg(32650), "transform": from_origin(300_000.0, 4_000_000.0, PIXEL_M, PIXEL_M),
+        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, side, block):
+            h = min(block, side - y)
+            for x in range(0, side, block):
+                w = min(block, side - x)
+                yy, xx = np.mgrid[y : y + h, x : x + w].astype(np.float32)
+                bands = [
+                    128 + 80 * np.sin(xx / 97 + phases[b, 0]) * np.cos(yy / 61 + phases[b, 1])
+                    for b in range(3)
+                ]
+                noise = rng.normal(0, 12, size=(3, h, w))
+                dst.write(
+                    np.clip(np.stack(bands) + noise, 1, 255).astype(np.uint8), window=Window(x, y, w, h)
+                )
+    return path
+
+
+def random_predictor(arch: str, encoder: str, input_size: int, tile_size: int, batch: int):
+    from naic_seg.core.labels import ClassTable
+    from naic_seg.core.models import build_model
+    from naic_seg.core.predict import PredictConfig, Predictor
+
+    torch.manual_seed(0)
+    model = {"arch": arch, "encoder": encoder, "output_stride": 16, "num_classes": 8}
+    ckpt = {
+        "model": model,
+        "state_dict": build_model(**model).state_dict(),
+        "classes": ClassTable.naic().as_config(),
+        "preprocess": {"input_size": input_size, "tile_size": tile_size},
+        "source": f"random {arch}/{encoder}",
+    }
+    return Predictor.from_checkpoints(
+        [ckpt], PredictConfig(batch_size=batch, device="cpu"), ClassTable.naic()
+    )
+
+
+def forward_only(predictor, window: int, batch: int, n_windows: int) -> float:
+    """Windows/s of ``window_logits`` on in-memory uint8 batches (after one warm-up batch)."""
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, size=(batch, 3, window, window), dtype=np.uint8))
+    predictor.window_logits(images)
+    done, t0 = 0, time.perf_counter()
+    while done < n_windows:
+        predictor.window_logits(images[: min(batch, n_windows - done)])
+        done += min(batch, n_windows - done)
+    return done / (time.perf_counter() - t0)
+
+
+def bench_throughput(args, work: Path) -> dict:
+    from naic_seg.core.labels import ClassTable
+    from naic_seg.core.scenes import SceneOptions, map_scene
+
+    arch, encoder, input_size = args.model.split(":")
+    scene = write_synthetic_scene(work / f"throughput_{args.throughput_size}.tif", args.throughput_size)
+    predictor = random_predictor(arch, encoder, int(input_size), args.window, args.batch)
+    opts = SceneOptions(window=args.window, overlap=args.overlap, batch_size=args.batch, progress_every_s=30)
+    stride = opts.stride
+    n = math.ceil(max(args.throughput_size - args.window, 0) / stride + 1) ** 2
+    log(f"throughput: forward-only on {n} windows of {args.window} px ({args.model}, batch {args.batch})")
+    before = forward_only(predictor, args.window, args.batch, n)
+    log(f"throughput: mapping the {args.throughput_size}² scene end to end")
+    result = map_scene(scene, work / "throughput_map.tif", predictor.window_logits, ClassTable.naic(), opts)
+    after = forward_only(predictor, args.window, args.batch, n)
+    e2e = result.windows / result.seconds
+    mpx = result.megapixels_per_s
+    return {
+        "scene_px": args.throughput_size,
+        "model": args.model,
+        "window": args.window,
+        "overlap": args.overlap,
+        "batch": args.batch,
+        "windows": result.windows,
+        "forward_only_windows_per_s": [round(before, 3), round(after, 3)],
+        "end_to_end_windows_per_s": round(e2e, 3),
+        "end_to_end_s": round(result.seconds, 2),
+        "ratio": round(e2e / max(before, after), 3),
+        "target": RATIO_TARGET,
+        "megapixels_per_s": round(mpx, 4),
+        "km2_per_hour_at_50cm": round(mpx * 1e6 * PIXEL_M**2 * 3600 / 1e6, 3),
+    }
+
+
+CHILD = r"""
+import json, sys, time
+sys.path[:0] = [p for p in sys.argv[4].split(":") if p]
+import torch
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.scenes import SceneOptions, map_scene
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(3, 8, 1)
+def logits(images):
+    with torch.inference_mode():
+        return conv(images.float() / 255)
+t0 = time.perf_counter()
+r = map_scene(sys.argv[1], sys.argv[2], logits, ClassTable.naic(), SceneOptions(window=int(sys.argv[3]),
+              batch_size=8, progress_every_s=30))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent through fork and exec.
+hwm = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(json.dumps({"seconds": time.perf_counter() - t0, "windows": r.windows, "maxrss_mb": hwm / 1024}))
+"""
+
+
+def bench_memory(args, work: Path) -> dict:
+    rows = []
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    for side in args.memory_sizes:
+        scene = work / f"memory_{side}.tif"
+        t0 = time.perf_counter()
+        write_synthetic_scene(scene, side)
+        written_s = time.perf_counter() - t0
+        size_mb = scene.stat().st_size / 1e6
+        log(f"memory: {side}² scene written in {written_s:.0f} s ({size_mb:.0f} MB), mapping")
+        out = work / f"memory_{side}_stdout.json"
+        with open(out, "w") as fh:
+            status, wall, sampler = run_sampled(
+                [sys.executable, "-c", CHILD, str(scene), str(work / f"memory_{side}_map.tif"),
+                 str(args.window), os.pathsep.join([src, *sys.path])],
+                cwd=work, timeout=args.timeout, interval=0.2, stdout=fh,
+            )  # fmt: skip
+        child = json.loads(out.read_text() or "{}") if status == 0 else {}
+        rows.append(
+            {
+                "scene_px": side,
+                "status": status,
+                "wall_s": round(wall, 1),
+                "map_s": round(child.get("seconds", float("nan")), 1),
+                "windows": child.get("windows"),
+                "peak_rss_mb": round(child.get("maxrss_mb", float("nan")), 1),
+                "peak_tree_pss_mb": round(sampler.peak["tree_pss"] / 1024, 1),
+            }
+        )
+        scene.unlink()
+        (work / f"memory_{side}_map.tif").unlink(missing_ok=True)
+        log(f"memory: {rows[-1]}")
+    ok = [r for r in rows if r["status"] == 0]
+    growth = max(r["peak_rss_mb"] for r in ok) - min(r["peak_rss_mb"] for r in ok) if len(ok) > 1 else None
+    return {"model": "1x1 conv (cheap)", "window": args.window, "rows": rows, "rss_spread_mb": growth,
+            "target_mb": MEMORY_TARGET_MB}  # fmt: skip
+
+
+def tiled_confusion(scene: Path, label: Path, predictor, tile: int, classes) -> np.ndarray:
+    """The submit path on a scene: non-overlapping ``tile`` px tiles, each through ``window_logits``
+    (resized to the input size and back, as submit does), arg-max; all-nodata tiles left as nodata."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from naic_seg.core.labels import IGNORE_INDEX
+    from naic_seg.core.metrics import confusion_matrix
+
+    n = classes.num_classes
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    with rasterio.open(scene) as src, rasterio.open(label) as lab:
+        for y in range(0, src.height, tile):
+            for x in range(0, src.width, tile):
+                win = Window(x, y, min(tile, src.width - x), min(tile, src.height - y))
+                valid = src.dataset_mask(window=win) > 0
+                truth = classes.to_index(lab.read(1, window=win))
+                if not valid.any():
+                    continue
+                image = torch.from_numpy(src.read([1, 2, 3], window=win)[None])
+                pred = predictor.window_logits(image)[0].argmax(0).to(torch.uint8)
+                truth[~valid] = IGNORE_INDEX
+                confusion += confusion_matrix(pred, torch.from_numpy(truth), n)
+    return confusion.numpy()
+
+
+def bench_quality(args, work: Path) -> dict:
+    from naic_seg.core.checkpoint import load_checkpoint
+    from naic_seg.core.labels import ClassTable
+    from naic_seg.core.metrics import scores
+    from naic_seg.core.predict import PredictConfig, Predictor
+    from naic_seg.core.scenes import SceneOptions, label_path_for, map_scene, score_map, split_scene_files
+
+    classes = ClassTable.naic()
+    ckpt = load_checkpoint(args.checkpoint)
+    predictor = Predictor.from_checkpoints(
+        [ckpt], PredictConfig(batch_size=args.batch, device="cpu"), classes
+    )
+    window = args.quality_window or predictor.tile_size or predictor.input_size
+    opts = SceneOptions(window=window, overlap=args.overlap, batch_size=args.batch, progress_every_s=30)
+    scenes, _ = split_scene_files(args.scenes.iterdir())
+    per_scene = {}
+    totals = {g: [np.zeros((8, 8)), np.zeros((8, 8))] for g in ("headline", "all")}  # blended, tiled
+    for scene in scenes:
+        label = label_path_for(scene)
+        if label is None:
+            continue
+        out = work / f"{scene.stem}_map.tif"
+        result = map_scene(scene, out, predictor.window_logits, classes, opts)
+        blended = np.asarray(score_map(out, label, classes)["confusion"])
+        tiled = tiled_confusion(scene, label, predictor, args.tile, classes)
+        per_scene[scene.stem] = {
+            "blended_mIoU": round(scores(blended)["mIoU"], 4),
+            "tiled_mIoU": round(scores(tiled)["mIoU"], 4),
+            "blended_FWIoU": round(scores(blended)["FWIoU"], 4),
+            "tiled_FWIoU": round(scores(tiled)["FWIoU"], 4),
+            "map_s": round(result.seconds, 1),
+        }
+        log(f"quality: {scene.stem}: {per_scene[scene.stem]}")
+        groups = ["all"] if scene.stem.startswith("full_") else ["all", "headline"]
+        for g in groups:
+            totals[g][0] += blended
+            totals[g][1] += tiled
+    summary = {
+        g: {
+            "blended_mIoU": round(scores(b)["mIoU"], 4),
+            "tiled_mIoU": round(scores(t)["mIoU"], 4),
+            "blended_FWIoU": round(scores(b)["FWIoU"], 4),
+            "tiled_FWIoU": round(scores(t)["FWIoU"], 4),
+        }
+        for g, (b, t) in totals.items()
+    }
+    return {
+        "checkpoint": str(args.checkpoint),
+        "window": window,
+        "tile": args.tile,
+        "input_size": predictor.input_size,
+        "headline_scenes": "rs8test_* (full_* scenes hold rs8 training tiles)",
+        "summary": summary,
+        "scenes": per_scene,
+    }
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="pspnet:resnet18:128", help="arch:encoder:input_size (random weights)")
+    ap.add_argument("--window", type=int, default=256, help="window side in scene pixels")
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--throughput-size", type=int, default=2000)
+    ap.add_argument("--memory-sizes", type=int, nargs="+", default=[2000, 20000])
+    ap.add_argument("--checkpoint", type=Path, help="a trained checkpoint file, for the quality section")
+    ap.add_argument(
+        "--scenes", type=Path, default=Path(os.environ.get("NAIC_SEG_SCENES", "../shared/data/scenes"))
+    )
+    ap.add_argument("--quality-window", type=int, help="default: the checkpoint's tile size")
+    ap.add_argument("--tile", type=int, default=256, help="the submit path's tile side")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--timeout", type=float, default=7200)
+    ap.add_argument("--tmp", type=Path, help="work folder (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true", help="smoke: a 600² scene, memory at 300² and 900²")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.throughput_size, args.memory_sizes, args.model, args.window = (
+            600,
+            [300, 900],
+            "pspnet:resnet18:64",
+            128,
+        )
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    doc = {
+        "benchmark": "scenes",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "loadavg_start": loadavg(),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench_scenes_", dir=args.tmp) as tmp:
+        work = Path(tmp)
+        if not args.skip_throughput:
+            doc["throughput"] = bench_throughput(args, work)
+        if not args.skip_memory:
+            doc["memory"] = bench_memory(args, work)
+        if args.checkpoint:
+            doc["quality"] = bench_quality(args, work)
+    doc["loadavg_end"] = loadavg()
+    doc["peak_rss_mb_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return doc
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:]), indent=1))

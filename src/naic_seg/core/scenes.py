@@ -1,0 +1,639 @@
+"""Whole-scene mapping: a GeoTIFF scene in, a Cloud-Optimized GeoTIFF land-cover map out.
+
+The scene is never read whole and its logits are never held whole. Windows of ``window`` scene pixels,
+``overlap`` apart, are read one row of windows at a time (a strip of ``window`` rows), batched through
+``logits_fn`` and blended into a strip accumulator of ``classes x window x width`` floats with a smooth
+weight; the rows no later window touches are then final: arg-max, nodata, written, forgotten. Memory thus
+grows with the scene's width (one strip), never with its height or area.
+
+The blend weight of a window is 1 in its middle and falls along a squared-sine ramp to 0 at the sides that
+face another window, keeping an outer quarter of the overlap at weight 0: a CNN sees least context at a
+window's border, and there a neighbouring window always has a better view. Sides on the scene's own border
+keep weight 1, so every pixel has weight from some window. Neighbouring ramps add up to 1 where windows
+overlap by exactly ``overlap``, so logits that agree across windows are reproduced exactly: for a model
+whose receptive field fits in the zero margin the blended map equals one whole-scene forward pass.
+
+Bad scenes are refused up front (:func:`check_scenes` lists every one, naming the file and the reason)
+before any window is predicted; a read error found only while mapping names the file and the window. Maps
+are written to a temporary tiled GeoTIFF, converted to a COG (GDAL's COG driver, overviews by mode) and
+renamed into place, so a killed run leaves no partial map.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+import torch
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from naic_seg.core.atomic import atomic_path
+from naic_seg.core.figures import PALETTE
+from naic_seg.core.labels import IGNORE_INDEX, ClassTable
+from naic_seg.core.metrics import confusion_matrix, scores
+
+log = logging.getLogger(__name__)
+
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+SCENE_SUFFIXES = (".tif", ".tiff")
+LABEL_SUFFIX = "_label"
+OUTPUT_VALUES = ("index", "naic")
+# GDAL's block cache: the default (5 % of RAM) would keep every written block of a big map resident.
+GDAL_CACHE_MB = 32
+COG_BLOCK = 512
+
+
+class SceneError(ValueError):
+    """A scene (or its label) that cannot be mapped, named with the reason."""
+
+
+@dataclass
+class SceneOptions:
+    """How a scene is cut and what the map holds.
+
+    ``bands``: the 1-based bands to use as R, G, B (None: 1, 2, 3). ``scaling``: None maps uint8 scenes only;
+    ``{"method": "percentile", "low": 2, "high": 98}`` stretches each band linearly between those percentiles
+    of its valid pixels (from a decimated read) to 0..255, for uint16 or float imagery.
+    ``output_values``: ``index`` writes class indices as uint8 (nodata 255); ``naic`` writes the stored class
+    values (100..800, which do not fit a byte) as uint16 (nodata 0, the contest's "unlabelled").
+    """
+
+    window: int | None = None  # scene pixels per window; needed to map, not to read maps back
+    overlap: float = 0.25
+    batch_size: int = 8
+    bands: Sequence[int] | None = None
+    scaling: dict | None = None
+    output_values: str = "index"
+    progress_every_s: float = 10.0
+
+    def __post_init__(self):
+        if self.window is not None:
+            if int(self.window) < 8:
+                raise ValueError(f"window must be at least 8 scene pixels, got {self.window}")
+            self.window = int(self.window)
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.output_values not in OUTPUT_VALUES:
+            raise ValueError(f"output_values must be one of {OUTPUT_VALUES}, got {self.output_values!r}")
+        self.bands = tuple(int(b) for b in (self.bands or (1, 2, 3)))
+        if len(self.bands) != 3:
+            raise ValueError(f"bands must name three bands (R, G, B), got {list(self.bands)}")
+        if self.scaling is not None:
+            method = self.scaling.get("method")
+            if method != "percentile":
+                raise ValueError(f"scaling.method must be 'percentile', got {method!r}")
+            low, high = self.scaling.get("low", 2), self.scaling.get("high", 98)
+            if not 0 <= low < high <= 100:
+                raise ValueError(f"scaling needs 0 <= low < high <= 100, got low={low} high={high}")
+
+    @property
+    def stride(self) -> int:
+        return max(1, math.ceil(self.window * (1 - self.overlap)))
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    path: Path
+    width: int
+    height: int
+    dtype: str
+    label: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+
+def label_path_for(scene: Path) -> Path | None:
+    """``<scene>_label.tif`` beside the scene, if there is one."""
+    for suffix in SCENE_SUFFIXES:
+        candidate = scene.with_name(f"{scene.stem}{LABEL_SUFFIX}{suffix}")
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def split_scene_files(files: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """(scenes, other files): scenes are ``*.tif``/``*.tiff`` that are not ``*_label.tif`` labels."""
+    scenes, others = [], []
+    for f in map(Path, files):
+        is_tif = f.suffix.lower() in SCENE_SUFFIXES
+        (scenes if is_tif and not f.stem.endswith(LABEL_SUFFIX) else others).append(f)
+    others = [f for f in others if not (f.suffix.lower() in SCENE_SUFFIXES and f.stem.endswith(LABEL_SUFFIX))]
+    return sorted(scenes), sorted(others)
+
+
+def inspect_scene(path: str | os.PathLike, options: SceneOptions) -> SceneInfo:
+    """Open the header only and check that the scene can be mapped with ``options``."""
+    path = Path(path)
+    try:
+        with rasterio.open(path) as src:
+            driver, count, dtypes = src.driver, src.count, src.dtypes
+            width, height = src.width, src.height
+    except RasterioError as err:
+        raise SceneError(f"'{path}' is not a readable GeoTIFF: {err}") from err
+    if driver != "GTiff":
+        raise SceneError(f"'{path}' is not a GeoTIFF (GDAL reads it as {driver})")
+    bad = [b for b in options.bands if not 1 <= b <= count]
+    if bad:
+        raise SceneError(f"'{path}' has {count} band(s); bands {list(options.bands)} asks for band(s) {bad}")
+    dtype = dtypes[options.bands[0] - 1]
+    used = {dtypes[b - 1] for b in options.bands}
+    if used != {"uint8"} and options.scaling is None:
+        raise SceneError(
+            f"'{path}' has {'/'.join(sorted(used))} pixels; only uint8 scenes are mapped as they are: set "
+            "the scaling parameter (e.g. {method: percentile, low: 2, high: 98}) to stretch them to 8 bits"
+        )
+    label = label_path_for(path)
+    if label is not None:
+        try:
+            with rasterio.open(label) as lab:
+                if (lab.width, lab.height) != (width, height):
+                    raise SceneError(
+                        f"label '{label}' is {lab.width} x {lab.height}, "
+                        f"its scene '{path}' {width} x {height}"
+                    )
+        except RasterioError as err:
+            raise SceneError(f"label '{label}' is not readable: {err}") from err
+    return SceneInfo(path, width, height, dtype, label)
+
+
+def check_scenes(paths: Sequence[str | os.PathLike], options: SceneOptions) -> list[SceneInfo]:
+    """Inspect every scene; one error lists every bad one, so nothing is mapped from a bad folder."""
+    infos, problems = [], []
+    for p in paths:
+        try:
+            infos.append(inspect_scene(p, options))
+        except SceneError as err:
+            problems.append(str(err))
+    if problems:
+        raise SceneError(f"{len(problems)} scene(s) cannot be mapped:\n  " + "\n  ".join(problems))
+    return infos
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window origins along one axis: every ``stride``, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    return [*range(0, length - window, stride), length - window]
+
+
+def blend_profile(window: int, overlap_px: int, taper_start: bool, taper_end: bool) -> np.ndarray:
+    """1-D weight of a window: 0 over a quarter of the overlap at a tapered side, a squared-sine ramp over
+    the middle half of the overlap, 1 elsewhere. Mirror ramps of two neighbours add up to 1."""
+    profile = np.ones(window, dtype=np.float32)
+    margin = overlap_px // 4
+    ramp_len = overlap_px - 2 * margin
+    ramp = np.sin(np.pi / 2 * (np.arange(ramp_len) + 0.5) / max(ramp_len, 1)) ** 2
+    if taper_start:
+        profile[:margin] = 0
+        profile[margin : margin + ramp_len] = ramp
+    if taper_end:
+        profile[window - margin :] = 0
+        profile[window - margin - ramp_len : window - margin] = ramp[::-1]
+    return profile
+
+
+def _stretch_limits(src, options: SceneOptions) -> np.ndarray | None:
+    """Per-band (low, high) percentiles of valid pixels from a decimated read (the scene is never read
+    whole: GDAL decimates, or uses overviews when the file has them)."""
+    if options.scaling is None:
+        return None
+    scale = max(1, math.ceil(max(src.width, src.height) / 1024))
+    shape = (max(1, src.height // scale), max(1, src.width // scale))
+    data = src.read(list(options.bands), out_shape=(3, *shape), resampling=Resampling.nearest)
+    valid = src.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+    low, high = options.scaling.get("low", 2), options.scaling.get("high", 98)
+    limits = np.zeros((3, 2), dtype=np.float64)
+    for b in range(3):
+        values = data[b][valid] if valid.any() else data[b].ravel()
+        limits[b] = np.percentile(values, [low, high]) if values.size else (0, 1)
+        if limits[b, 1] <= limits[b, 0]:
+            limits[b, 1] = limits[b, 0] + 1
+    return limits
+
+
+def _to_uint8(block: np.ndarray, limits: np.ndarray | None) -> np.ndarray:
+    if limits is None:
+        return block
+    low, high = limits[:, 0, None, None], limits[:, 1, None, None]
+    scaled = (block.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def colormap(classes: ClassTable, output_values: str) -> dict[int, tuple[int, int, int, int]]:
+    """GDAL colour table entries: the project's figure palette, keyed by what the map stores."""
+    keys = classes.values if output_values == "naic" else range(classes.num_classes)
+    return {int(k): (*(int(c) for c in PALETTE[i % len(PALETTE)]), 255) for i, k in enumerate(keys)}
+
+
+def output_encoding(classes: ClassTable, output_values: str) -> tuple[str, int, np.ndarray]:
+    """(dtype, nodata, lookup from class index to stored value; index 255 -> nodata)."""
+    if output_values == "naic":
+        lut = np.zeros(256, dtype=np.uint16)
+        lut[: classes.num_classes] = classes.values
+        return "uint16", 0, lut
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    lut[: classes.num_classes] = np.arange(classes.num_classes, dtype=np.uint8)
+    return "uint8", IGNORE_INDEX, lut
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise a log line every ``every_s`` seconds (windows/s, ETA)."""
+
+    def __init__(self, name: str, total: int, every_s: float):
+        self.name, self.total, self.every_s = name, total, every_s
+        self.done, self.started, self.last = 0, time.perf_counter(), time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=name, unit="win", leave=False)
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.started)
+            log.info(
+                "%s: %d/%d windows (%.1f windows/s, ETA %.0f s)",
+                self.name,
+                self.done,
+                self.total,
+                rate,
+                (self.total - self.done) / max(rate, 1e-9),
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@dataclass
+class SceneResult:
+    """What mapping one scene did: sizes, window counts, time and pixels per class (nodata excluded)."""
+
+    name: str
+    width: int
+    height: int
+    windows: int
+    windows_skipped: int
+    seconds: float
+    class_pixels: list[int]
+    nodata_pixels: int
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def megapixels_per_s(self) -> float:
+        return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
+
+
+def _read_strip(src, options, limits, y: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    win = Window(0, y, src.width, rows)
+    image = _to_uint8(src.read(list(options.bands), window=win), limits)
+    valid = src.dataset_mask(window=win) > 0
+    return image, valid
+
+
+def _shift_up(plane: np.ndarray, shift: int) -> None:
+    """Move rows ``shift..`` to the top of ``plane`` in place and zero the rest, in chunks of at most
+    ``shift`` rows so that source and destination never overlap (numpy would copy them otherwise)."""
+    rows = plane.shape[0]
+    for start in range(0, rows - shift, shift):
+        stop = min(start + shift, rows - shift)
+        plane[start:stop] = plane[start + shift : stop + shift]
+    plane[max(rows - shift, 0) :] = 0
+
+
+def _argmax_rows(acc: np.ndarray, rows: int) -> np.ndarray:
+    """uint8 arg-max over classes of ``acc[:, :rows]``, class by class: ``ndarray.argmax(0)`` would first
+    copy the whole (classes x rows x width) slab into a transposed temporary."""
+    best = acc[0, :rows].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, acc.shape[0]):
+        better = acc[c, :rows] > best  # strict: ties keep the lower class, as argmax does
+        index[better] = c
+        np.maximum(best, acc[c, :rows], out=best)
+    return index
+
+
+def _pad_to(window_image: np.ndarray, size: int) -> np.ndarray:
+    """A window cut short by a scene smaller than ``size`` is mirrored out to full size, so the model
+    sees the scene at the same scale as everywhere else (a resize would change it)."""
+    _, h, w = window_image.shape
+    if h == size and w == size:
+        return window_image
+    return np.pad(window_image, ((0, 0), (0, size - h), (0, size - w)), mode="symmetric")
+
+
+def map_scene(
+    scene: str | os.PathLike,
+    target: str | os.PathLike,
+    logits_fn: LogitsFn,
+    classes: ClassTable,
+    options: SceneOptions,
+) -> SceneResult:
+    """Map one scene into the COG ``target`` (atomically). ``logits_fn``: uint8 N x 3 x h x w (CPU) ->
+    float32 N x C x h x w logits, with C = ``classes.num_classes``."""
+    scene, target = Path(scene), Path(target)
+    if options.window is None:
+        raise ValueError("SceneOptions.window is needed to map a scene")
+    info = inspect_scene(scene, options)
+    dtype, nodata, lut = output_encoding(classes, options.output_values)
+    started = time.perf_counter()
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(target) as final_tmp:
+        fd, strips = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tmp", dir=target.parent)
+        os.close(fd)
+        try:
+            with rasterio.open(scene) as src:
+                profile = {
+                    "driver": "GTiff",
+                    "width": src.width,
+                    "height": src.height,
+                    "count": 1,
+                    "dtype": dtype,
+                    "nodata": nodata,
+                    "crs": src.crs,
+                    "transform": src.transform,
+                }
+                with rasterio.open(strips, "w", **profile) as dst:
+                    dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
+                    result = _map_into(src, dst, info, logits_fn, classes, options, lut)
+            rasterio.shutil.copy(
+                strips,
+                final_tmp,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                BLOCKSIZE=COG_BLOCK,
+                OVERVIEW_RESAMPLING="MODE",
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(strips)
+    result.seconds = time.perf_counter() - started
+    log.info(
+        "%s: %d x %d mapped in %.1f s (%.2f megapixels/s; %d windows, %d skipped as nodata) -> %s",
+        info.name,
+        info.width,
+        info.height,
+        result.seconds,
+        result.megapixels_per_s,
+        result.windows,
+        result.windows_skipped,
+        target,
+    )
+    return result
+
+
+class _Strip:
+    """The blend accumulator for the rows ``origin .. origin + rows`` of the scene, full width."""
+
+    def __init__(self, classes: ClassTable, rows: int, width: int, lut: np.ndarray, dst):
+        self.acc = np.zeros((classes.num_classes, rows, width), dtype=np.float32)
+        self.weight = np.zeros((rows, width), dtype=np.float32)
+        self.counts = np.zeros(classes.num_classes, dtype=np.int64)
+        self.origin, self.nodata_pixels, self.lut, self.dst = 0, 0, lut, dst
+
+    def add(self, logit: np.ndarray, y: int, x: int, w2d: np.ndarray) -> None:
+        rows, span = w2d.shape
+        top = y - self.origin
+        self.acc[:, top : top + rows, x : x + span] += logit[:, :rows, :span] * w2d
+        self.weight[top : top + rows, x : x + span] += w2d
+
+    def finish(self, rows: int, valid: np.ndarray) -> None:
+        """Arg-max, nodata and write the top ``rows`` (no later window touches them), then move on."""
+        cls = _argmax_rows(self.acc, rows)
+        invalid = ~valid[:rows] | (self.weight[:rows] <= 0)
+        cls[invalid] = IGNORE_INDEX
+        self.counts += np.bincount(cls[~invalid], minlength=len(self.counts))[: len(self.counts)]
+        self.nodata_pixels += int(invalid.sum())
+        self.dst.write(self.lut[cls][None], window=Window(0, self.origin, cls.shape[1], rows))
+        for plane in (*self.acc, self.weight):  # plane by plane: no temporary copy of the whole strip
+            _shift_up(plane, rows)
+        self.origin += rows
+
+
+def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
+    """Windows go through ``logits_fn`` in full batches taken in row-major order, so a batch may span two
+    rows of windows: logits of the next row wait until the strip has moved down to them (at most one batch
+    of them), instead of every row ending on a short batch."""
+    width, height, win = src.width, src.height, options.window
+    ys = window_starts(height, win, options.stride)
+    xs = window_starts(width, win, options.stride)
+    strip_h = min(win, height)
+    overlap_px = win - options.stride
+    profiles_x = [blend_profile(win, overlap_px, x > 0, x + win < width)[: width - x] for x in xs]
+    profiles_y = [blend_profile(win, overlap_px, y > 0, y + win < height)[:strip_h] for y in ys]
+    limits = _stretch_limits(src, options)
+    strip = _Strip(classes, strip_h, width, lut, dst)
+    masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each window row read but not yet written
+    skipped = [0]
+    progress = _Progress(info.name, len(ys) * len(xs), options.progress_every_s)
+
+    def windows() -> Iterator[tuple[int, int, np.ndarray | None]]:
+        """(row, column, crop) in row-major order; (row, -1, None) when a row's strip has been read."""
+        for k, y in enumerate(ys):
+            try:
+                image, masks[k] = _read_strip(src, options, limits, y, strip_h)
+            except RasterioError as err:
+                raise SceneError(f"'{info.path}': cannot read rows {y}..{y + strip_h}: {err}") from err
+            yield k, -1, None
+            for j, x in enumerate(xs):
+                if masks[k][:, x : x + win].any():
+                    yield k, j, _pad_to(image[:, :, x : x + win], win)
+                else:  # a window that is nodata only costs no forward pass
+                    skipped[0] += 1
+                    progress.add(1)
+
+    row = 0  # the window row the strip starts at
+
+    def finish_rows_before(k: int) -> None:
+        nonlocal row
+        while row < k:
+            strip.finish((ys[row + 1] - ys[row]) if row + 1 < len(ys) else strip_h, masks.pop(row))
+            row += 1
+
+    def run(batch: list) -> None:
+        logits = logits_fn(torch.from_numpy(np.stack([crop for _, _, crop in batch]))).float().numpy()
+        for (k, j, _), logit in zip(batch, logits, strict=True):
+            finish_rows_before(k)
+            strip.add(logit, ys[k], xs[j], profiles_y[k][:, None] * profiles_x[j][None, :])
+        progress.add(len(batch))
+        batch.clear()
+
+    batch: list = []
+    try:
+        for k, j, crop in windows():
+            if j >= 0:
+                batch.append((k, j, crop))
+                if len(batch) == options.batch_size:
+                    run(batch)
+                continue
+            # A new row of windows was read. Rows of nodata-only windows yield nothing, so do not let their
+            # masks pile up behind a pending batch: run it short, then write the rows that are done.
+            if batch and len(masks) > 2:
+                run(batch)
+            if not batch:
+                finish_rows_before(k)
+        if batch:
+            run(batch)
+        finish_rows_before(len(ys))
+    finally:
+        progress.close()
+    return SceneResult(
+        info.name,
+        width,
+        height,
+        len(ys) * len(xs),
+        skipped[0],
+        0.0,
+        strip.counts.tolist(),
+        strip.nodata_pixels,
+    )
+
+
+# --- reading maps back: areas, scores, quick-looks ----------------------------------------------------------
+
+
+def _row_blocks(height: int, rows: int = COG_BLOCK) -> Iterator[tuple[int, int]]:
+    for y in range(0, height, rows):
+        yield y, min(rows, height - y)
+
+
+def _map_to_index(values: np.ndarray, classes: ClassTable, output_values: str) -> np.ndarray:
+    """Stored map values -> class indices (nodata -> 255)."""
+    if output_values == "naic":
+        return classes.to_index(values)
+    return values.astype(np.uint8, copy=False)
+
+
+def pixel_area(crs, transform) -> tuple[float | None, str]:
+    """Square metres per pixel from the transform, or None with the reason."""
+    if crs is None:
+        return None, "the scene has no CRS: hectares cannot be computed"
+    if crs.is_geographic:
+        return None, (
+            f"the scene's CRS ({crs.to_string()}) is geographic (degrees): a pixel's area varies with "
+            "latitude, so hectares are not given; reproject the scene to a projected CRS for areas"
+        )
+    unit, factor = crs.linear_units_factor
+    area = abs(transform.a * transform.e - transform.b * transform.d) * factor**2
+    return area, f"{area:g} m² per pixel ({crs.to_string()}, units: {unit})"
+
+
+def area_table(map_path: str | os.PathLike, classes: ClassTable, output_values: str = "index") -> dict:
+    """Pixels, hectares and share of the mapped (non-nodata) area per class, read back by blocks."""
+    counts = np.zeros(classes.num_classes, dtype=np.int64)
+    with rasterio.open(map_path) as src:
+        for y, rows in _row_blocks(src.height):
+            idx = _map_to_index(src.read(1, window=Window(0, y, src.width, rows)), classes, output_values)
+            counts += np.bincount(idx.ravel(), minlength=256)[: classes.num_classes]
+        area, note = pixel_area(src.crs, src.transform)
+        total = src.width * src.height
+    mapped = int(counts.sum())
+    rows = [
+        {
+            "index": i,
+            "value": int(v),
+            "name": name,
+            "pixels": int(c),
+            "hectares": None if area is None else float(c) * area / 1e4,
+            "share": float(c) / mapped if mapped else 0.0,
+        }
+        for i, (v, name, c) in enumerate(zip(classes.values, classes.names, counts, strict=True))
+    ]
+    return {
+        "mapped_pixels": mapped,
+        "nodata_pixels": int(total - mapped),
+        "pixel_area_m2": area,
+        "mapped_hectares": None if area is None else mapped * area / 1e4,
+        "note": note,
+        "classes": rows,
+    }
+
+
+def score_map(
+    map_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    classes: ClassTable,
+    output_values: str = "index",
+) -> dict:
+    """Scores of a map against a label raster of stored values (0 and unknown values ignored), by blocks.
+    Labelled pixels the map left as nodata are counted apart, not scored."""
+    n = classes.num_classes
+    confusion = torch.zeros(n, n, dtype=torch.int64)
+    unmapped = 0
+    with rasterio.open(map_path) as pred_src, rasterio.open(label_path) as lab_src:
+        if (pred_src.width, pred_src.height) != (lab_src.width, lab_src.height):
+            raise SceneError(f"label '{label_path}' and map '{map_path}' differ in size")
+        for y, rows in _row_blocks(pred_src.height):
+            win = Window(0, y, pred_src.width, rows)
+            pred = _map_to_index(pred_src.read(1, window=win), classes, output_values)
+            truth = classes.to_index(lab_src.read(1, window=win))
+            gap = (pred == IGNORE_INDEX) & (truth != IGNORE_INDEX)
+            unmapped += int(gap.sum())
+            truth[gap] = IGNORE_INDEX
+            confusion += confusion_matrix(torch.from_numpy(pred), torch.from_numpy(truth), n)
+    result = scores(confusion, classes.names)
+    result["confusion"] = confusion.tolist()
+    result["labelled_pixels_left_nodata"] = unmapped
+    return result
+
+
+def quicklook(
+    scene: str | os.PathLike,
+    map_path: str | os.PathLike,
+    target: str | os.PathLike,
+    classes: ClassTable,
+    options: SceneOptions,
+    max_side: int = 1024,
+) -> None:
+    """A PNG: the scene (decimated read) beside its map, with a legend of the classes, written atomically."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    with rasterio.open(scene) as src:
+        scale = max(1, math.ceil(max(src.width, src.height) / max_side))
+        shape = (max(1, src.height // scale), max(1, src.width // scale))
+        image = src.read(list(options.bands), out_shape=(3, *shape), resampling=Resampling.average)
+        image = _to_uint8(image, _stretch_limits(src, options))
+        title = f"{Path(scene).name} ({src.width} x {src.height})"
+    with rasterio.open(map_path) as msrc:
+        idx = _map_to_index(
+            msrc.read(1, out_shape=shape, resampling=Resampling.nearest), classes, options.output_values
+        )
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: classes.num_classes] = [PALETTE[i % len(PALETTE)] for i in range(classes.num_classes)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.6), constrained_layout=True)
+    axes[0].imshow(np.moveaxis(image, 0, -1))
+    axes[0].set_title(title)
+    axes[1].imshow(lut[idx])
+    axes[1].set_title("land-cover map (black: nodata)")
+    for ax in axes:
+        ax.set_axis_off()
+    handles = [Patch(color=PALETTE[i % len(PALETTE)] / 255, label=n) for i, n in enumerate(classes.names)]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), frameon=False)
+    try:
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format="png", dpi=90)
+    finally:
+        plt.close(fig)

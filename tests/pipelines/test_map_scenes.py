@@ -1,0 +1,191 @@
+"""map_scenes through Kedro: scenes folder -> COG maps, areas, quick-looks, scores, tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+
+from naic_seg.core.checkpoint import make_checkpoint, save_checkpoint
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.models import build_model
+from naic_seg.core.scenes import score_map
+from tests.conftest import STAGE
+from tests.pipelines.test_flow import mlflow_runs
+from tests.test_reliability import kedro_cli, wait_for
+
+MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
+
+
+def random_checkpoint(path: Path, input_size: int = 32, tile_size: int = 64) -> Path:
+    torch.manual_seed(0)
+    state = build_model(**MODEL).state_dict()
+    preprocess = {"input_size": input_size, "tile_size": tile_size}
+    checkpoint = make_checkpoint(MODEL, state, 1, {}, ClassTable.naic().as_config(), "stage2", preprocess)
+    save_checkpoint(checkpoint, path)
+    return path
+
+
+def assert_cog_like(map_path: Path, scene_path: Path) -> None:
+    with rasterio.open(scene_path) as scene, rasterio.open(map_path) as out:
+        assert (out.width, out.height) == (scene.width, scene.height)
+        assert out.crs == scene.crs and out.transform == scene.transform
+        assert out.count == 1 and out.dtypes[0] == "uint8" and out.nodata == 255
+        assert out.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert out.colormap(1)[0][:3] == (31, 119, 180)
+        if max(out.width, out.height) > 512:
+            assert out.overviews(1), f"{map_path} has no overviews"
+        if scene.nodata is not None:  # nodata in, nodata out, and only there
+            np.testing.assert_array_equal(out.read(1) == 255, scene.dataset_mask() == 0)
+
+
+def test_demo_scenes_are_mapped_scored_and_logged(kedro_runner, tmp_path):
+    project = kedro_runner.project
+    ckpt = random_checkpoint(tmp_path / "random.pt")
+    params = {"map_scenes": {"checkpoints": [str(ckpt)], "batch_size": 4, "device": "cpu"}}
+    kedro_runner.run("map_scenes", env="demo", params=params)
+
+    scenes = project / "data/01_raw/demo_scenes"
+    maps = project / "data/07_model_output/scene_maps"
+    assert sorted(p.name for p in maps.iterdir()) == ["scene_0.tif", "scene_1.tif"]
+    for name in ("scene_0", "scene_1"):
+        assert_cog_like(maps / f"{name}.tif", scenes / f"{name}.tif")
+    with rasterio.open(maps / "scene_0.tif") as src:
+        corner = src.read(1, window=((0, 140), (0, 140)))
+    assert (corner == 255).all()  # the synthetic scene's nodata corner (700 / 5 rows, 560 / 4 columns)
+
+    areas = json.loads((project / "data/08_reporting/scene_areas.json").read_text())
+    assert sorted(areas) == ["scene_0", "scene_1"]
+    a0 = areas["scene_0"]
+    assert a0["mapped_pixels"] + a0["nodata_pixels"] == 700 * 560
+    assert a0["nodata_pixels"] == 140 * 140
+    assert a0["mapped_hectares"] == pytest.approx(a0["mapped_pixels"] * 0.25 / 1e4)
+    assert sum(r["pixels"] for r in a0["classes"]) == a0["mapped_pixels"]
+
+    assert sorted(p.name for p in (project / "data/08_reporting/scene_quicklooks").iterdir()) == [
+        "scene_0.png",
+        "scene_1.png",
+    ]
+    report = json.loads((project / "data/08_reporting/scene_scores.json").read_text())
+    table = ClassTable.naic()
+    expected = score_map(maps / "scene_1.tif", scenes / "scene_1_label.tif", table)
+    assert report["evaluated"] and report["scenes"]["scene_1"]["mIoU"] == pytest.approx(expected["mIoU"])
+
+    client, runs = mlflow_runs(project)
+    run = runs[0]
+    assert run.data.metrics["map.scene_0.mIoU"] == pytest.approx(report["scenes"]["scene_0"]["mIoU"])
+    assert run.data.metrics["map.mIoU"] == pytest.approx(report["overall"]["mIoU"])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "map")}
+    assert "map/scene_areas.json" in logged
+    quicklooks = {a.path for a in client.list_artifacts(run.info.run_id, "map/quicklooks")}
+    assert quicklooks == {"map/quicklooks/scene_0.png", "map/quicklooks/scene_1.png"}
+
+
+def test_no_scenes_folder_means_nothing_to_map_and_no_checkpoint_needed(kedro_runner, tmp_path):
+    kedro_runner.run("map_scenes", params={"scenes_root": str(tmp_path / "absent")})
+    report = json.loads(kedro_runner.path("data/08_reporting/scene_scores.json").read_text())
+    assert report["evaluated"] is False
+    assert json.loads(kedro_runner.path("data/08_reporting/scene_areas.json").read_text()) == {}
+
+
+def test_a_corrupt_scene_is_named_and_nothing_is_mapped(kedro_runner, tmp_path):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 3, "dtype": "uint8"}
+    with rasterio.open(folder / "fine.tif", "w", **profile) as dst:
+        dst.write(np.full((3, 30, 40), 7, np.uint8))
+    (folder / "broken.tif").write_bytes(b"II*\x00" + bytes(300))
+    ckpt = random_checkpoint(tmp_path / "random.pt")
+    with pytest.raises(Exception, match=r"1 scene\(s\) cannot be mapped:\n  '.*broken\.tif'"):
+        kedro_runner.run(
+            "map_scenes", params={"scenes_root": str(folder), "map_scenes": {"checkpoints": [str(ckpt)]}}
+        )
+    maps = kedro_runner.path("data/07_model_output/scene_maps")
+    assert not maps.exists() or not any(maps.iterdir())
+
+
+def test_sigkill_during_mapping_leaves_no_partial_map_then_the_same_command_completes(kedro_runner, tmp_path):
+    project = kedro_runner.project
+    ckpt = random_checkpoint(tmp_path / "random.pt", input_size=32, tile_size=128)
+    # About 80 windows, one at a time: mapping lasts seconds, long enough to be killed in the middle.
+    args = [
+        "--env",
+        "demo",
+        "--pipeline",
+        "map_scenes",
+        "--params",
+        f"map_scenes.checkpoints={ckpt},map_scenes.batch_size=1,map_scenes.device=cpu",
+    ]
+    maps = project / "data/07_model_output/scene_maps"
+    proc = kedro_cli(project, *args)
+    wait_for(lambda: maps.is_dir() and any(maps.glob(".scene_0.tif.*.strips.tmp")), 180, proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (maps / "scene_0.tif").exists() and not (maps / "scene_1.tif").exists()
+    again = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert sorted(p.name for p in maps.iterdir()) == ["scene_0.tif", "scene_1.tif"]  # strays cleaned
+    for name in ("scene_0", "scene_1"):
+        assert_cog_like(maps / f"{name}.tif", project / f"data/01_raw/demo_scenes/{name}.tif")
+
+
+@pytest.fixture
+def scenes_root(rs8_root: Path) -> Path:
+    path = Path(os.environ.get("NAIC_SEG_SCENES", rs8_root.parent / "scenes"))
+    if not path.is_dir():
+        pytest.skip(f"no scenes folder at {path} (set NAIC_SEG_SCENES)")
+    return path
+
+
+@pytest.mark.realdata
+def test_rs8_model_maps_the_shared_scenes(kedro_runner, rs8_root, scenes_root):
+    """About a minute of training on rs8 train, then every shared scene mapped and scored."""
+    project = kedro_runner.project
+    stage = {**STAGE, "iterations": 300, "batch_size": 8, "eval_interval": 300, "log_interval": 50}
+    params = {
+        "data_root": str(rs8_root),
+        "scenes_root": str(scenes_root),
+        "train_stage1": {"train": stage, "model": {"encoder": "resnet18", "pretrained": None}},
+        "map_scenes": {"checkpoints": ["stage1"], "batch_size": 8},
+    }
+    kedro_runner.run("data_prep", params=params)
+    kedro_runner.run("train_stage1", params=params)
+    kedro_runner.run("map_scenes", params=params)
+
+    maps = project / "data/07_model_output/scene_maps"
+    scenes = sorted(p for p in scenes_root.glob("*.tif") if not p.stem.endswith("_label"))
+    assert sorted(p.name for p in maps.iterdir()) == [p.name for p in scenes]
+    for scene in scenes:
+        assert_cog_like(maps / scene.name, scene)
+
+    report = json.loads((project / "data/08_reporting/scene_scores.json").read_text())
+    table = ClassTable.naic()
+    truth_counts = np.zeros(8, np.int64)
+    for name in report["scenes"]:
+        with rasterio.open(scenes_root / f"{name}_label.tif") as src:
+            idx = table.to_index(src.read(1))
+            truth_counts += np.bincount(idx.ravel(), minlength=256)[:8]
+    # the trivial baseline: the most frequent true class everywhere (its IoU is its share; other classes 0)
+    share = truth_counts / truth_counts.sum()
+    baseline_miou = share.max() / (truth_counts > 0).sum()
+    overall = report["overall"]
+    print(f"map mIoU {overall['mIoU']:.4f} FWIoU {overall['FWIoU']:.4f}; baseline mIoU {baseline_miou:.4f}")
+    assert report["overall"]["mIoU"] > baseline_miou + 0.05, (report["overall"]["mIoU"], baseline_miou)
+    _, runs = mlflow_runs(project)
+    assert "map.rs8test_gid_mosaic.mIoU" in runs[0].data.metrics
