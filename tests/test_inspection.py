@@ -88,7 +88,7 @@ def test_inspect_run_notebook_executes_on_a_demo_run(demo_run, tmp_path, monkeyp
     assert "Traceback" not in text
 
 
-def test_kedro_viz_build_draws_the_four_pipelines(kedro_project, tmp_path):
+def test_kedro_viz_build_draws_every_pipeline(kedro_project, tmp_path):
     build = kedro_project / "build"
     shutil.rmtree(build, ignore_errors=True)
     env = {**os.environ, **OFFLINE, "XDG_CONFIG_HOME": str(tmp_path / "config")}  # no telemetry uuid in ~
@@ -116,12 +116,14 @@ def test_kedro_viz_build_draws_the_four_pipelines(kedro_project, tmp_path):
             "train_stage1",
             "train_stage2",
             "submit",
+            "map_scenes",
         }
         expected = {
             "data_prep": {"train_manifest", "val_manifest", "test_manifest"},
             "train_stage1": {"train_manifest", "val_manifest", "stage1_checkpoint"},
             "train_stage2": {"train_manifest", "val_manifest", "stage1_checkpoint", "stage2_checkpoint"},
             "submit": {"test_manifest", "stage2_checkpoint", "test_predictions", "submission"},
+            "map_scenes": {"scenes", "stage2_checkpoint", "scene_maps", "scene_areas", "scene_scores"},
         }
         for name, datasets in expected.items():
             graph = json.loads((build / "api" / "pipelines" / name).read_text())
