@@ -214,13 +214,8 @@ def train(
             nonfinite |= ~torch.isfinite(total)
             window.add(loss, aux_loss)
             at_log, at_eval, at_ckpt = cfg.due(done)
-            # Checked (one device sync) only where something is logged or saved, never before a save.
-            if (at_log or at_eval or at_ckpt) and bool(nonfinite.item()):
-                raise NonFiniteLossError(
-                    f"the loss became NaN or infinite before iteration {done} (lr {lr:.3e}); training "
-                    f"stopped. The last good resume checkpoint ({resume.path or 'none: no work_dir'}) "
-                    "is untouched: lower the learning rate or check the data, then run again."
-                )
+            if at_log or at_eval or at_ckpt:
+                _check_finite(nonfinite, done, lr, resume)
             if at_log:
                 stats, eta = window.close(lr, cfg.iterations - done)
                 progress.update(done, stats, eta)
@@ -235,14 +230,27 @@ def train(
                 window.resume()
     finally:
         progress.close()
-    final = max(start, cfg.iterations)
     if evals.last is None:  # a resumed run that had nothing left to train
-        evals.run(final)
+        evals.run(max(start, cfg.iterations))
+    return _result(stage, model_config, evals, window, start)
+
+
+def _check_finite(nonfinite: torch.Tensor, done: int, lr: float, resume: ResumeFile) -> None:
+    """One device sync, only where something is logged or saved, and never before a save."""
+    if bool(nonfinite.item()):
+        raise NonFiniteLossError(
+            f"the loss became NaN or infinite before iteration {done} (lr {lr:.3e}); training "
+            f"stopped. The last good resume checkpoint ({resume.path or 'none: no work_dir'}) "
+            "is untouched: lower the learning rate or check the data, then run again."
+        )
+
+
+def _result(stage: Stage, model_config: dict, evals: _Evaluations, window: LogWindow, start: int):
     result, cm, grid = evals.last
     return TrainResult(
         state_dict=stage.final_state_dict(),
         model_config=dict(model_config),
-        iteration=final,
+        iteration=max(start, stage.cfg.iterations),
         metrics=result,
         best=evals.best,
         history=evals.history,
