@@ -10,28 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-# A fixed colour per class index (up to 16), ignore (255) in black.
-PALETTE = np.array(
-    [
-        [31, 119, 180],
-        [127, 127, 127],
-        [214, 39, 40],
-        [255, 187, 120],
-        [152, 223, 138],
-        [44, 160, 44],
-        [140, 86, 75],
-        [227, 119, 194],
-        [23, 190, 207],
-        [188, 189, 34],
-        [148, 103, 189],
-        [255, 127, 14],
-        [174, 199, 232],
-        [197, 176, 213],
-        [196, 156, 148],
-        [219, 219, 141],
-    ],
-    dtype=np.uint8,
-)
+from naic_seg.core.labels import PALETTE  # noqa: E402
 
 
 def colourize(index_map: np.ndarray) -> np.ndarray:

@@ -8,6 +8,29 @@ import numpy as np
 
 IGNORE_INDEX = 255
 
+# A fixed colour per class index (up to 16), shared by figures, map colour tables and served models.
+PALETTE = np.array(
+    [
+        [31, 119, 180],
+        [127, 127, 127],
+        [214, 39, 40],
+        [255, 187, 120],
+        [152, 223, 138],
+        [44, 160, 44],
+        [140, 86, 75],
+        [227, 119, 194],
+        [23, 190, 207],
+        [188, 189, 34],
+        [148, 103, 189],
+        [255, 127, 14],
+        [174, 199, 232],
+        [197, 176, 213],
+        [196, 156, 148],
+        [219, 219, 141],
+    ],
+    dtype=np.uint8,
+)
+
 NAIC_CLASSES: tuple[tuple[int, str], ...] = (
     (100, "water"),
     (200, "transport"),

@@ -41,8 +41,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
-from naic_seg.core.figures import PALETTE
-from naic_seg.core.labels import IGNORE_INDEX, ClassTable
+from naic_seg.core.labels import IGNORE_INDEX, PALETTE, ClassTable
 from naic_seg.core.metrics import confusion_matrix, scores
 
 log = logging.getLogger(__name__)

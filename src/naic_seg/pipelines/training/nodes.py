@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from naic_seg.core.checkpoint import CheckpointFile, open_checkpoint, save_checkpoint
+from naic_seg.core.checkpoint import open_checkpoint, save_checkpoint
 from naic_seg.core.figures import confusion_figure, prediction_grid
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.training import (
@@ -25,7 +25,7 @@ from naic_seg.tracking import active_run_logger, log_artifact_file, log_params
 def train_stage(
     train_manifest: list[dict],
     val_manifest: list[dict],
-    init_checkpoint: CheckpointFile | str | None,
+    init_checkpoint,  # a CheckpointFile (stage 2), a checkpoint path or null (stage 1): open_checkpoint
     classes: list[dict],
     name: str,
     model: dict,

@@ -1,0 +1,147 @@
+"""The trained model as an MLflow model: loadable with ``mlflow.pyfunc.load_model``, servable with
+``mlflow models serve``, registered in the model registry.
+
+Why a ``PythonModel`` and not kedro-mlflow's ``pipeline_ml_factory``: that logs a model only when the whole
+training pipeline it is bound to runs, and binds the inference pipeline's catalog datasets into the model;
+here ``train_stage2`` alone must log a model, and prediction is a plain library call
+(:class:`naic_seg.core.predict.Predictor`) that needs no Kedro at serving time.
+
+Input (a pandas DataFrame, one row per image): column ``image``, the base64 text of a PNG or TIFF file of an
+RGB (or grey / RGBA, converted) 8-bit image of any size. Output, one row per image: ``class_map``, the base64
+text of a PNG of the class map at the image's own size (uint16 NAIC values 100..800, or uint8 class indices,
+as the model's ``output_values`` metadata says), and its ``height`` and ``width``. Each image is resized to
+the model's input size (PIL bilinear), predicted (with the TTA the model was logged with) and its logits
+resized back, exactly as submit does for a tile.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from naic_seg.core.checkpoint import load_checkpoint, save_checkpoint
+from naic_seg.core.data import resize_image
+from naic_seg.core.labels import PALETTE, ClassTable
+from naic_seg.core.predict import PredictConfig, Predictor, checkpoint_normalization, class_map
+
+log = logging.getLogger(__name__)
+
+OUTPUT_VALUES = ("naic", "index")
+# What a consumer's environment needs: the network and its preprocessing, not Kedro or MLflow's server.
+REQUIREMENTS = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy", "pillow", "pandas")
+
+
+def encode_image(array: np.ndarray) -> str:
+    """An image array as the base64 PNG text the model takes and returns."""
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def decode_image(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text))) as im:
+        return np.asarray(im if im.mode.startswith("I;16") or im.mode == "L" else im.convert("RGB"))
+
+
+def _rgb(text: str) -> np.ndarray:
+    with Image.open(io.BytesIO(base64.b64decode(text))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class SegmentationModel(mlflow.pyfunc.PythonModel):
+    """Class maps for images, from the checkpoint(s) logged as this model's artifacts."""
+
+    def load_context(self, context) -> None:
+        options = json.loads(Path(context.artifacts["options"]).read_text())
+        self.output_values = options.pop("output_values")
+        checkpoints = [
+            load_checkpoint(context.artifacts[k]) for k in sorted(context.artifacts) if k != "options"
+        ]
+        self.classes = ClassTable.from_config(checkpoints[0]["classes"])
+        cfg = PredictConfig(**options, workers=0, device="cpu" if not torch.cuda.is_available() else "auto")
+        self.predictor = Predictor.from_checkpoints(checkpoints, cfg, self.classes)
+
+    def predict(self, context, model_input, params=None):
+        rows = []
+        for text in model_input["image"]:
+            rgb = _rgb(text)
+            # resized as submit's DataLoader resizes a tile (PIL bilinear), so both give the same map
+            small = resize_image(rgb, self.predictor.input_size)
+            logits = self.predictor.window_logits(
+                torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))[None]
+            )
+            indices = class_map(logits, rgb.shape[:2])[0].to(torch.uint8).numpy()
+            values = self.classes.to_value(indices) if self.output_values == "naic" else indices
+            rows.append(
+                {"class_map": encode_image(values), "height": values.shape[0], "width": values.shape[1]}
+            )
+        return pd.DataFrame(rows, columns=["class_map", "height", "width"])
+
+
+def model_metadata(checkpoint: dict, scores: dict, output_values: str) -> dict:
+    """What a consumer needs: classes (values, names, colours), input, architecture, scores."""
+    classes = ClassTable.from_config(checkpoint["classes"])
+    return {
+        "classes": [
+            {"index": i, "value": v, "name": n, "color": [int(c) for c in PALETTE[i % len(PALETTE)]]}
+            for i, (v, n) in enumerate(zip(classes.values, classes.names, strict=True))
+        ],
+        "output_values": output_values,
+        "input_size": checkpoint.get("preprocess", {}).get("input_size"),
+        "tile_size": checkpoint.get("preprocess", {}).get("tile_size"),
+        "normalization": checkpoint_normalization([checkpoint]),
+        "model": {k: v for k, v in checkpoint["model"].items() if k != "pretrained"},
+        "scores": scores,
+    }
+
+
+def log_model(
+    checkpoints: list[dict], scores: dict, options: dict, registered_model_name: str | None = None
+) -> mlflow.models.model.ModelInfo:
+    """Log the checkpoints as a pyfunc model ``model`` in the active run (registered when a name is given)."""
+    output_values = options.get("output_values", "naic")
+    if output_values not in OUTPUT_VALUES:
+        raise ValueError(f"output_values must be one of {OUTPUT_VALUES}, got {output_values!r}")
+    predict_options = {"tta": options.get("tta", "none"), "output_values": output_values}
+    example_tile = np.zeros((64, 64, 3), dtype=np.uint8)
+    example_tile[:, 32:] = (40, 120, 60)
+    example = pd.DataFrame({"image": [encode_image(example_tile)]})
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = {"options": str(Path(tmp) / "options.json")}
+        Path(artifacts["options"]).write_text(json.dumps(predict_options))
+        for i, ckpt in enumerate(checkpoints):
+            artifacts[f"checkpoint_{i}"] = str(Path(tmp) / f"checkpoint_{i}.pt")
+            save_checkpoint(ckpt, artifacts[f"checkpoint_{i}"])
+        probe = SegmentationModel()  # the output example comes from the very code that will serve
+        probe.load_context(type("Context", (), {"artifacts": artifacts})())
+        output = probe.predict(None, example)
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=SegmentationModel(),
+            artifacts=artifacts,
+            code_paths=[str(Path(__file__).parent)],
+            pip_requirements=[f"{name}=={version(name)}" for name in REQUIREMENTS],
+            signature=mlflow.models.infer_signature(example, output),
+            input_example=example,
+            metadata=model_metadata(checkpoints[0], scores, output_values),
+            registered_model_name=registered_model_name,
+        )
+
+
+def tag_registered_version(name: str, number: str | int, scores: dict, description: str) -> None:
+    """Tag a registered version with the hold-out scores and describe it."""
+    client = mlflow.MlflowClient()
+    for key, value in scores.items():
+        client.set_model_version_tag(name, str(number), key, f"{value:.4f}")
+    client.update_model_version(name, str(number), description=description)

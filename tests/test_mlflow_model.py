@@ -1,0 +1,145 @@
+"""The trained model outside the project: pyfunc in Python, the registry, ``mlflow models serve``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from naic_seg.core.checkpoint import load_checkpoint
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.predict import PredictConfig, predict_manifest
+from naic_seg.mlflow_model import decode_image, encode_image
+
+NAME = "naic_seg"
+
+
+def _client(project: Path):
+    import mlflow
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(uri)
+
+
+def _latest(path: Path) -> Path:
+    return sorted(path.iterdir())[-1] / path.name
+
+
+def _tile(project: Path, rs8_env: bool) -> Path:
+    root = os.environ.get("NAIC_SEG_RS8") if rs8_env else None
+    folder = Path(root) / "test" / "images" if root else project / "data/01_raw/demo/test/images"
+    return sorted(folder.iterdir())[0]
+
+
+def _expected(project: Path, tile: Path) -> np.ndarray:
+    """The project's own predict path on the same tile with the same checkpoint, as NAIC values."""
+    ckpt = load_checkpoint(_latest(project / "data/06_models/stage2_checkpoint.pt"))
+    table = ClassTable.from_config(ckpt["classes"])
+    (_, indices), *_ = predict_manifest(
+        [{"filename": str(tile)}], [ckpt], PredictConfig(workers=0, device="cpu"), table
+    )
+    return table.to_value(indices)
+
+
+def _b64(tile: Path) -> str:
+    with Image.open(tile) as im:
+        return encode_image(np.asarray(im.convert("RGB")))
+
+
+def test_the_run_logs_a_pyfunc_model_that_predicts_what_the_project_predicts(demo_run):
+    import mlflow
+
+    client = _client(demo_run)
+    (version,) = client.search_model_versions(f"name='{NAME}'")
+    model = mlflow.pyfunc.load_model(f"models:/{NAME}/{version.version}")
+    tile = _tile(demo_run, rs8_env=False)
+    out = model.predict(pd.DataFrame({"image": [_b64(tile)]}))
+    class_map = decode_image(out["class_map"][0])
+    with Image.open(tile) as im:
+        assert class_map.shape == (im.height, im.width) == (out["height"][0], out["width"][0])
+    assert class_map.dtype == np.uint16 and set(np.unique(class_map)) <= set(range(100, 900, 100))
+    np.testing.assert_array_equal(class_map, _expected(demo_run, tile))
+
+    meta = model.metadata.metadata
+    assert [c["value"] for c in meta["classes"]] == list(range(100, 900, 100))
+    assert meta["input_size"] == 64 and meta["model"]["arch"] == "pspnet" and "val_mIoU" in meta["scores"]
+    assert model.metadata.get_input_schema().input_names() == ["image"]
+
+
+def test_each_run_registers_a_version_tagged_with_its_hold_out_scores(demo_run):
+    client = _client(demo_run)
+    (version,) = client.search_model_versions(f"name='{NAME}'")
+    run = client.get_run(version.run_id)
+    metrics = json.loads((demo_run / "data/08_reporting/stage2_metrics.json").read_text())["final"]
+    assert float(version.tags["val_mIoU"]) == pytest.approx(metrics["mIoU"], abs=1e-4)
+    assert float(version.tags["val_FWIoU"]) == pytest.approx(metrics["FWIoU"], abs=1e-4)
+    assert "hold-out val_mIoU" in version.description and run.info.run_name.startswith("demo __default__")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_posted_tile_with_its_class_map(demo_run):
+    client = _client(demo_run)
+    (version,) = client.search_model_versions(f"name='{NAME}'")
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}",  # serve starts uvicorn by name
+        "MLFLOW_TRACKING_URI": f"sqlite:///{demo_run / 'mlflow.db'}",
+    }
+    cmd = [f"{bin_dir}/mlflow", "models", "serve", "-m", f"models:/{NAME}/{version.version}"]
+    cmd += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the model server did not answer /ping within 120 s"
+            time.sleep(1)
+        tile = _tile(demo_run, rs8_env=True)
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[_b64(tile)]]}}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as r:
+            answer = json.loads(r.read())
+        (row,) = answer["predictions"]
+        class_map = decode_image(row["class_map"])
+        with Image.open(tile) as im:
+            assert class_map.shape == (im.height, im.width) == (row["height"], row["width"])
+        assert class_map.dtype == np.uint16 and set(np.unique(class_map)) <= set(range(100, 900, 100))
+        np.testing.assert_array_equal(class_map, _expected(demo_run, tile))
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=20)
