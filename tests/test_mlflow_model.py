@@ -79,6 +79,20 @@ def test_the_run_logs_a_pyfunc_model_that_predicts_what_the_project_predicts(dem
     assert model.metadata.get_input_schema().input_names() == ["image"]
 
 
+def test_the_logged_model_carries_the_network_as_onnx_matching_pytorch(demo_run):
+    import mlflow
+
+    from naic_seg.core.export import check_onnx
+
+    client = _client(demo_run)
+    (version,) = client.search_model_versions(f"name='{NAME}'")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version.version}"))
+    (onnx_file,) = local.rglob("model.onnx")
+    ckpt = load_checkpoint(_latest(demo_run / "data/06_models/stage2_checkpoint.pt"))
+    images = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    assert check_onnx(ckpt, onnx_file, images) <= 1e-3
+
+
 def test_each_run_registers_a_version_tagged_with_its_hold_out_scores(demo_run):
     client = _client(demo_run)
     (version,) = client.search_model_versions(f"name='{NAME}'")

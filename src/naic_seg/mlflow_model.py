@@ -6,6 +6,10 @@ training pipeline it is bound to runs, and binds the inference pipeline's catalo
 here ``train_stage2`` alone must log a model, and prediction is a plain library call
 (:class:`naic_seg.core.predict.Predictor`) that needs no Kedro at serving time.
 
+The model also carries the network as ONNX (artifact ``onnx``: input ``image`` float32 1 x 3 x S x S,
+normalised as ``metadata["normalization"]`` says, output ``logits``; see :mod:`naic_seg.core.export`), checked
+against PyTorch when it is logged.
+
 Input (a pandas DataFrame, one row per image): column ``image``, the base64 text of a PNG or TIFF file of an
 RGB (or grey / RGBA, converted) 8-bit image of any size. Output, one row per image: ``class_map``, the base64
 text of a PNG of the class map at the image's own size (uint16 NAIC values 100..800, or uint8 class indices,
@@ -66,7 +70,9 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
         options = json.loads(Path(context.artifacts["options"]).read_text())
         self.output_values = options.pop("output_values")
         checkpoints = [
-            load_checkpoint(context.artifacts[k]) for k in sorted(context.artifacts) if k != "options"
+            load_checkpoint(path)
+            for key, path in sorted(context.artifacts.items())
+            if key.startswith("checkpoint_")
         ]
         self.classes = ClassTable.from_config(checkpoints[0]["classes"])
         cfg = PredictConfig(**options, workers=0, device="cpu" if not torch.cuda.is_available() else "auto")
@@ -123,6 +129,9 @@ def log_model(
         for i, ckpt in enumerate(checkpoints):
             artifacts[f"checkpoint_{i}"] = str(Path(tmp) / f"checkpoint_{i}.pt")
             save_checkpoint(ckpt, artifacts[f"checkpoint_{i}"])
+        if options.get("onnx", True):
+            artifacts["onnx"] = str(Path(tmp) / "model.onnx")
+            export_checked_onnx(checkpoints[0], artifacts["onnx"], example_tile)
         probe = SegmentationModel()  # the output example comes from the very code that will serve
         probe.load_context(type("Context", (), {"artifacts": artifacts})())
         output = probe.predict(None, example)
@@ -137,6 +146,19 @@ def log_model(
             metadata=model_metadata(checkpoints[0], scores, output_values),
             registered_model_name=registered_model_name,
         )
+
+
+def export_checked_onnx(checkpoint: dict, path: str, tile: np.ndarray) -> None:
+    """The network as ONNX at its input size, checked against PyTorch on ``tile`` resized to that size."""
+    from naic_seg.core.export import check_onnx, export_onnx, input_size
+
+    export_onnx(checkpoint, path)
+    small = resize_image(tile, input_size(checkpoint))
+    log.info(
+        "ONNX export %s: max |ONNX - PyTorch| %.2e",
+        path,
+        check_onnx(checkpoint, path, small.transpose(2, 0, 1)[None]),
+    )
 
 
 def tag_registered_version(name: str, number: str | int, scores: dict, description: str) -> None:
