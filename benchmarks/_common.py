@@ -41,3 +41,19 @@ def cpu_seconds() -> float:
     """CPU time of this process (all threads) and of its waited-for children (DataLoader workers)."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def cpu_model() -> str:
+    """The CPU's model name and whether PyTorch runs bf16 natively on it (figures depend on both)."""
+    name = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(ImportError, AttributeError):
+        import torch
+
+        fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+        name += ", native bf16" if fast else ", no native bf16"
+    return name
