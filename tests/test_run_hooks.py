@@ -56,6 +56,9 @@ def test_only_the_known_warnings_are_silenced():
         warnings.warn(
             "register_new_resolver() is deprecated", DeprecationWarning, stacklevel=1
         )  # other class
+        warnings.warn(
+            "Hint: Inferred schema contains integer column(s). Integer ...", UserWarning, stacklevel=1
+        )
         warnings.warn("something else entirely", UserWarning, stacklevel=1)
     assert [(w.category, str(w.message)) for w in seen] == [
         (DeprecationWarning, "register_new_resolver() is deprecated"),

@@ -8,6 +8,8 @@ raised. Why each one is harmless:
 * omegaconf's ``register_new_resolver()`` deprecation: raised inside Kedro's and kedro-mlflow's own config
   loaders, four times a run; nothing in this project calls it.
 * pydantic's class-based ``config`` deprecation: in kedro-mlflow's configuration classes.
+* MLflow's "Hint: Inferred schema contains integer column(s)": about missing values in integer columns; the
+  served model's ``height`` and ``width`` are never missing.
 
 One stays, once a process: MLflow's "Add type hints to the `predict` method", raised when a ``PythonModel``
 subclass is defined (kedro-mlflow's, this project's served model). MLflow raises it inside its own
@@ -24,6 +26,7 @@ import warnings
 KNOWN_WARNINGS: tuple[tuple[str, str, str], ...] = (
     ("builtins", "UserWarning", r"register_new_resolver\(\) is deprecated"),
     ("pydantic.warnings", "PydanticDeprecatedSince20", r"Support for class-based `config` is deprecated"),
+    ("builtins", "UserWarning", r"Hint: Inferred schema contains integer column\(s\)"),
 )
 # Loggers whose INFO lines repeat on every run and say nothing about it.
 QUIET_LOGGERS: tuple[str, ...] = ("kedro.validation.parameter_validator",)

@@ -80,7 +80,9 @@ def check_onnx(
     import onnxruntime as ort
 
     stats = checkpoint_normalization([checkpoint])
-    x = Normalizer(stats["mean"], stats["std"])(torch.as_tensor(images))
+    x = Normalizer(stats["mean"], stats["std"])(
+        torch.tensor(np.asarray(images))
+    )  # a copy: PIL arrays are read-only
     with torch.no_grad():
         expected = network(checkpoint)(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
