@@ -7,10 +7,12 @@ learn the task in a few CPU minutes. Use them to exercise the pipelines, never t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,26 @@ def synthetic_tile(rng: np.random.Generator, size: int, label_values) -> tuple[n
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+@contextlib.contextmanager
+def _built_once(root: Path, what: str) -> Iterator[Path | None]:
+    """A temporary folder beside ``root`` to fill, renamed into place when the block ends, so a killed run
+    leaves no half tree; None when ``root`` is already a finished one (it holds the marker)."""
+    if (root / COMPLETE_MARKER).exists():
+        yield None
+        return
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"'{root}' exists and is not a finished synthetic {what}; remove it first")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        yield tmp
+        if root.exists():
+            root.rmdir()
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_synthetic_tiles(
     root: str | os.PathLike,
     n_train: int = 48,
@@ -68,14 +90,10 @@ def write_synthetic_tiles(
     The tree is built in a temporary folder and renamed into place, so a killed run leaves no half tree.
     """
     root = Path(root)
-    if (root / COMPLETE_MARKER).exists():
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"'{root}' exists and is not a finished synthetic demo tree; remove it first")
-    log.info("Writing %d + %d synthetic demo tiles to %s (seed %d)", n_train, n_test, root, seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with _built_once(root, "demo tree") as tmp:
+        if tmp is None:
+            return root
+        log.info("Writing %d + %d synthetic demo tiles to %s (seed %d)", n_train, n_test, root, seed)
         rng = np.random.default_rng(seed)
         ids = rng.choice(np.arange(10_000, 200_000), size=n_train + n_test, replace=False)
         for i, tid in enumerate(ids):
@@ -86,11 +104,6 @@ def write_synthetic_tiles(
             Image.fromarray(image).save(tmp / split / "images" / f"{tid}.tif", compression="tiff_lzw")
             Image.fromarray(label).save(tmp / split / "labels" / f"{tid}.png")
         (tmp / COMPLETE_MARKER).write_text(f"seed={seed} train={n_train} test={n_test} size={size}\n")
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
 
 
@@ -111,16 +124,10 @@ def write_synthetic_scenes(
     from rasterio.transform import from_origin
 
     root = Path(root)
-    if (root / COMPLETE_MARKER).exists():
-        return root
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(
-            f"'{root}' exists and is not a finished synthetic scene folder; remove it first"
-        )
-    log.info("Writing %d synthetic demo scenes to %s (seed %d)", len(sizes), root, seed)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
-    try:
+    with _built_once(root, "scene folder") as tmp:
+        if tmp is None:
+            return root
+        log.info("Writing %d synthetic demo scenes to %s (seed %d)", len(sizes), root, seed)
         rng = np.random.default_rng(seed)
         for i, (height, width) in enumerate(sizes):
             side = max(height, width)
@@ -144,9 +151,4 @@ def write_synthetic_scenes(
             with rasterio.open(tmp / f"scene_{i}_label.tif", "w", count=1, dtype="uint16", **profile) as dst:
                 dst.write(label[None])
         (tmp / COMPLETE_MARKER).write_text(f"seed={seed} sizes={list(sizes)}\n")
-        if root.exists():
-            root.rmdir()
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return root
