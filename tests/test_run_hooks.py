@@ -95,3 +95,24 @@ def test_the_summary_names_scores_files_and_the_mlflow_command(demo_run):
     assert f"submission zip: {data / '07_model_output/submission.zip'}" in text
     assert "MLflow run abc123 ('demo run')" in text and "mlflow ui --backend-store-uri " in text
     assert summary_lines(set(), catalog, None) == []
+
+
+def test_the_run_name_parameter_and_mlflow_yml_names_win_over_the_generated_one(tmp_path):
+    import mlflow
+
+    from naic_seg.hooks import RunHook
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_params = {"env": "rs8", "pipeline_names": ["submit"], "project_path": str(tmp_path)}
+    cases = [
+        ({"run_name": "my run"}, "submit", "my run"),  # the parameter wins
+        ({}, "named in mlflow.yml", "named in mlflow.yml"),  # kedro-mlflow's configured name is kept
+        ({}, "submit", "rs8 submit "),  # kedro-mlflow's default (the pipeline): replaced
+    ]
+    for params, opened_as, expected in cases:
+        hook = RunHook()
+        hook.params = params
+        with mlflow.start_run(run_name=opened_as) as run:
+            hook.before_pipeline_run(run_params, None, None)
+        name = mlflow.get_run(run.info.run_id).info.run_name
+        assert name.startswith(expected) and hook.run == (run.info.run_id, name)
