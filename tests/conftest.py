@@ -18,6 +18,22 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLASS_VALUES = (100, 200, 300, 400, 500, 600, 700, 800)
 
 
+@pytest.fixture(autouse=True)
+def _forget_the_active_mlflow_experiment() -> Iterator[None]:
+    """MLflow keeps the active experiment id (and MLFLOW_EXPERIMENT_ID) across tests, so a test on a
+    new store would open its run in an experiment id that only an earlier test's store has."""
+    yield
+    import sys
+
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    if fluent is None:
+        return
+    while fluent.active_run() is not None:
+        fluent.end_run()
+    fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
 def write_tile(
     root: Path,
     split: str,

@@ -103,6 +103,7 @@ def test_the_run_name_parameter_and_mlflow_yml_names_win_over_the_generated_one(
     from naic_seg.hooks import RunHook
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("run names")  # not whichever experiment an earlier test left active
     run_params = {"env": "rs8", "pipeline_names": ["submit"], "project_path": str(tmp_path)}
     cases = [
         ({"run_name": "my run"}, "submit", "my run"),  # the parameter wins
