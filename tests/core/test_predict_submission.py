@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from naic_seg.core.checkpoint import CheckpointError, make_checkpoint
+from naic_seg.core.data import IMAGENET_STD
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model
 from naic_seg.core.predict import (
@@ -242,3 +243,24 @@ def test_the_predictor_normalises_as_the_checkpoint_says_and_refuses_a_mixed_ens
     assert Predictor.from_checkpoints([recorded], PredictConfig(), TABLE).normalization["mean"] == [0.1] * 3
     with pytest.raises(CheckpointError, match="different input normalisations"):
         Predictor.from_checkpoints([resnet, lite], PredictConfig(), TABLE)
+
+
+def test_windows_are_shrunk_to_the_input_size_as_pil_shrank_the_training_tiles():
+    """Training resized tiles with PIL's bilinear filter (antialiased); a scene window or a served image
+    shrunk to the input size must look the same to the model, not aliased (as torch's default resize is)."""
+    seen = []
+
+    class Recording(PixelwiseModel):
+        def forward(self, x):
+            seen.append(x.clone())
+            return super().forward(x)
+
+    predictor = Predictor([Recording()], PredictConfig(), 32, TABLE)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    predictor.window_logits(torch.from_numpy(image).permute(2, 0, 1)[None].contiguous())
+    shrunk = np.asarray(Image.fromarray(image).resize((32, 32), Image.BILINEAR))
+    expected = predictor.prepare(torch.from_numpy(shrunk).permute(2, 0, 1)[None].contiguous())
+    grey_level = 1 / (255 * min(IMAGENET_STD))  # one grey level in normalised units, at most
+    diff = (seen[0] - expected).abs()
+    assert float(diff.max()) <= 1.5 * grey_level and float(diff.mean()) <= 0.5 * grey_level

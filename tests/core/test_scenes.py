@@ -15,6 +15,7 @@ from naic_seg.core.labels import ClassTable
 from naic_seg.core.scenes import (
     SceneError,
     SceneOptions,
+    _Axis,
     area_table,
     blend_profile,
     check_scenes,
@@ -92,6 +93,44 @@ def test_window_starts_and_blend_profile():
     assert p_left[0] == 1 and p_left[-4:].sum() == 0 and p_right[:4].sum() == 0
     # neighbours overlapping by exactly 16 px: weights add up to 1 over the overlap
     np.testing.assert_allclose(p_left[48:] + p_right[:16], 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [40, 64, 65, 100, 111, 112, 113, 160, 257, 1000])
+@pytest.mark.parametrize(("window", "overlap"), [(64, 0.25), (64, 0.5), (48, 0.3), (32, 0.0)])
+def test_windows_weigh_every_pixel_once_in_all_and_carry_only_the_overlap(length, window, overlap):
+    """The blend weights add up to 1 at every pixel (the last window, flush with the scene's end, mirrors its
+    neighbour's ramp however little it is offset), each pixel is finished by exactly one window, and no
+    more than ``window - stride`` pixels are ever carried from one window to the next: the bound on the
+    mapper's memory."""
+    stride = SceneOptions(window=window, overlap=overlap).stride
+    axis = _Axis.of(length, window, stride)
+    total = np.zeros(length)
+    finished = np.zeros(length, dtype=int)
+    for start, lead, end, profile in zip(axis.starts, axis.leads, axis.ends, axis.profiles, strict=True):
+        total[start : start + axis.span] += profile
+        finished[start + lead : start + end] += 1
+        assert 0 <= lead < end <= axis.span
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+    assert (finished == 1).all()
+    assert axis.carried <= window - stride
+    later = [s + lead for s, lead in zip(axis.starts[1:], axis.leads[1:], strict=True)]
+    for prev, first_weighed in zip(axis.starts, later, strict=False):  # a carry fits in window - stride
+        assert prev + axis.span - first_weighed <= window - stride
+
+
+def test_overlap_above_a_half_is_refused():
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 0.5\]"):
+        SceneOptions(window=64, overlap=0.6)
+
+
+def test_a_scene_that_is_all_nodata_is_mapped_as_nodata_without_a_forward_pass(tmp_path):
+    scene = write_scene(tmp_path / "empty.tif", np.zeros((3, 300, 500), dtype=np.uint8), nodata=0)
+    fn = counting(conv_logits())
+    result = map_scene(scene, tmp_path / "empty_map.tif", fn, CLASSES, SceneOptions(window=64, batch_size=4))
+    assert fn.windows == 0 and result.windows_skipped == result.windows
+    with rasterio.open(tmp_path / "empty_map.tif") as src:
+        assert (src.read(1) == 255).all()
+    assert result.nodata_pixels == 300 * 500 and sum(result.class_pixels) == 0
 
 
 def test_map_keeps_georeference_size_and_is_a_cog(tmp_path):

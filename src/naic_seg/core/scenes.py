@@ -1,21 +1,24 @@
 """Whole-scene mapping: a GeoTIFF scene in, a Cloud-Optimized GeoTIFF land-cover map out.
 
 The scene is never read whole and its logits are never held whole. Windows of ``window`` scene pixels,
-``overlap`` apart, are read one row of windows at a time (a strip of ``window`` rows), batched through
-``logits_fn`` and blended into a strip accumulator of ``classes x window x width`` floats with a smooth
-weight; the rows no later window touches are then final: arg-max, nodata, written, forgotten. Memory thus
-grows with the scene's width (one strip), never with its height or area.
+``overlap`` apart, are read one row of windows at a time (a full-width strip of ``window`` rows, the next one
+read in a thread meanwhile), batched through ``logits_fn`` and blended window by window (see
+:class:`_Blender`): a pixel is final, arg-maxed and kept as one byte, as soon as no later window weighs it;
+only the overlap rows shared with the next row of windows are carried as sums, ``classes x (window - stride)
+x width`` floats. Memory thus does not grow with the scene's height, and with its width only by that carry
+(41 MB for 8 classes, window 256, overlap 0.25, 20,000 px wide).
 
 The blend weight of a window is 1 in its middle and falls along a squared-sine ramp to 0 at the sides that
 face another window, keeping an outer quarter of the overlap at weight 0: a CNN sees least context at a
 window's border, and there a neighbouring window always has a better view. Sides on the scene's own border
-keep weight 1, so every pixel has weight from some window. Neighbouring ramps add up to 1 where windows
-overlap by exactly ``overlap``, so logits that agree across windows are reproduced exactly: for a model
+keep weight 1, so every pixel has weight from some window. Neighbouring ramps add up to 1 (the last window,
+flush with the scene's end, shifts its ramp to mirror its neighbour's), so logits that agree across windows
+are reproduced exactly: for a model
 whose receptive field fits in the zero margin the blended map equals one whole-scene forward pass.
 
 Bad scenes are refused up front (:func:`check_scenes` lists every one, naming the file and the reason)
 before any window is predicted; a read error found only while mapping names the file and the window. Maps
-are written to a temporary tiled GeoTIFF, converted to a COG (GDAL's COG driver, overviews by mode) and
+are written to a temporary GeoTIFF, converted to a COG (GDAL's COG driver, overviews by mode) and
 renamed into place, so a killed run leaves no partial map.
 """
 
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,8 +87,8 @@ class SceneOptions:
             if int(self.window) < 8:
                 raise ValueError(f"window must be at least 8 scene pixels, got {self.window}")
             self.window = int(self.window)
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0 <= self.overlap <= 0.5:  # more would make three windows overlap
+            raise ValueError(f"overlap must be in [0, 0.5], got {self.overlap}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.output_values not in OUTPUT_VALUES:
@@ -192,16 +196,20 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [*range(0, length - window, stride), length - window]
 
 
-def blend_profile(window: int, overlap_px: int, taper_start: bool, taper_end: bool) -> np.ndarray:
+def blend_profile(
+    window: int, overlap_px: int, taper_start: bool, taper_end: bool, lead: int = 0
+) -> np.ndarray:
     """1-D weight of a window: 0 over a quarter of the overlap at a tapered side, a squared-sine ramp over
-    the middle half of the overlap, 1 elsewhere. Mirror ramps of two neighbours add up to 1."""
+    the middle half of the overlap, 1 elsewhere. Mirror ramps of two neighbours add up to 1. ``lead``: a
+    window that starts ``lead`` pixels less than a stride after its neighbour (the last one, flush with the
+    scene's end) keeps weight 0 over those pixels too, so that its ramp still mirrors the neighbour's."""
     profile = np.ones(window, dtype=np.float32)
     margin = overlap_px // 4
     ramp_len = overlap_px - 2 * margin
     ramp = np.sin(np.pi / 2 * (np.arange(ramp_len) + 0.5) / max(ramp_len, 1)) ** 2
     if taper_start:
-        profile[:margin] = 0
-        profile[margin : margin + ramp_len] = ramp
+        profile[: lead + margin] = 0
+        profile[lead + margin : lead + margin + ramp_len] = ramp
     if taper_end:
         profile[window - margin :] = 0
         profile[window - margin - ramp_len : window - margin] = ramp[::-1]
@@ -306,35 +314,6 @@ class SceneResult:
         return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
 
 
-def _read_strip(src, options, limits, y: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    win = Window(0, y, src.width, rows)
-    image = _to_uint8(src.read(list(options.bands), window=win), limits)
-    valid = src.dataset_mask(window=win) > 0
-    return image, valid
-
-
-def _shift_up(plane: np.ndarray, shift: int) -> None:
-    """Move rows ``shift..`` to the top of ``plane`` in place and zero the rest, in chunks of at most
-    ``shift`` rows so that source and destination never overlap (numpy would copy them otherwise)."""
-    rows = plane.shape[0]
-    for start in range(0, rows - shift, shift):
-        stop = min(start + shift, rows - shift)
-        plane[start:stop] = plane[start + shift : stop + shift]
-    plane[max(rows - shift, 0) :] = 0
-
-
-def _argmax_rows(acc: np.ndarray, rows: int) -> np.ndarray:
-    """uint8 arg-max over classes of ``acc[:, :rows]``, class by class: ``ndarray.argmax(0)`` would first
-    copy the whole (classes x rows x width) slab into a transposed temporary."""
-    best = acc[0, :rows].copy()
-    index = np.zeros(best.shape, dtype=np.uint8)
-    for c in range(1, acc.shape[0]):
-        better = acc[c, :rows] > best  # strict: ties keep the lower class, as argmax does
-        index[better] = c
-        np.maximum(best, acc[c, :rows], out=best)
-    return index
-
-
 def _pad_to(window_image: np.ndarray, size: int) -> np.ndarray:
     """A window cut short by a scene smaller than ``size`` is mirrored out to full size, so the model
     sees the scene at the same scale as everywhere else (a resize would change it)."""
@@ -403,110 +382,180 @@ def map_scene(
     return result
 
 
-class _Strip:
-    """The blend accumulator for the rows ``origin .. origin + rows`` of the scene, full width."""
+@dataclass(frozen=True)
+class _Axis:
+    """The windows along one axis of a scene and the pixels each one finishes.
 
-    def __init__(self, classes: ClassTable, rows: int, width: int, lut: np.ndarray, dst):
-        self.acc = np.zeros((classes.num_classes, rows, width), dtype=np.float32)
-        self.weight = np.zeros((rows, width), dtype=np.float32)
-        self.counts = np.zeros(classes.num_classes, dtype=np.int64)
-        self.origin, self.nodata_pixels, self.lut, self.dst = 0, 0, lut, dst
+    Window ``i`` finishes its pixels ``leads[i] .. ends[i]`` (window coordinates): no later window along this
+    axis weighs them. These ranges tile the axis without gap or overlap. The last window, flush with the
+    scene's end, usually starts less than a stride after its neighbour; its ramp is shifted by its lead so
+    that it still mirrors the neighbour's (weights add up to 1) and the overlap carried from one window to
+    the next is never more than ``window - stride`` pixels.
+    """
 
-    def add(self, logit: np.ndarray, y: int, x: int, w2d: np.ndarray) -> None:
-        rows, span = w2d.shape
-        top = y - self.origin
-        self.acc[:, top : top + rows, x : x + span] += logit[:, :rows, :span] * w2d
-        self.weight[top : top + rows, x : x + span] += w2d
+    starts: list[int]
+    span: int  # the window's length on this axis (the scene's, when the scene is shorter)
+    stride: int
+    leads: list[int]
+    ends: list[int]
+    profiles: list[np.ndarray]
 
-    def finish(self, rows: int, valid: np.ndarray) -> None:
-        """Arg-max, nodata and write the top ``rows`` (no later window touches them), then move on."""
-        cls = _argmax_rows(self.acc, rows)
-        invalid = ~valid[:rows] | (self.weight[:rows] <= 0)
+    @classmethod
+    def of(cls, length: int, window: int, stride: int) -> _Axis:
+        starts = window_starts(length, window, stride)
+        last, span = len(starts) - 1, min(window, length)
+        leads = [0] + [prev + stride - start for prev, start in zip(starts, starts[1:], strict=False)]
+        profiles = [
+            blend_profile(window, window - stride, i > 0, i < last, lead=leads[i])[:span]
+            for i in range(len(starts))
+        ]
+        return cls(starts, span, stride, leads, [stride] * last + [span], profiles)
+
+    @property
+    def carried(self) -> int:
+        """Pixels a window shares with the next one along this axis (0 with one window)."""
+        return self.span - self.stride if len(self.starts) > 1 else 0
+
+
+def _argmax(acc: np.ndarray) -> np.ndarray:
+    """uint8 arg-max over the classes (axis 0), class by class; ties go to the lower class, as argmax's."""
+    best = acc[0].copy()
+    index = np.zeros(best.shape, dtype=np.uint8)
+    for c in range(1, acc.shape[0]):
+        better = acc[c] > best
+        index[better] = c
+        np.maximum(best, acc[c], out=best)
+    return index
+
+
+class _Blender:
+    """Blends windows taken in row-major order, in memory that does not grow with the scene's height and
+    grows with its width only by the overlap rows carried from one row of windows to the next.
+
+    ``buf`` (classes x window x window floats) holds the current window's pixels: the blend of every window
+    so far that weighs them. Once a window is added, the pixels it finishes (see :class:`_Axis`) are final
+    for this row of windows: in the rows that the row of windows finishes they go, as class indices, into
+    ``band`` (a byte per pixel, full width), written when the row of windows is done; in the rows the next
+    row of windows shares they go, as sums, into ``carry`` (classes x carried rows x width floats).
+    """
+
+    def __init__(self, num_classes: int, width: int, ys: _Axis, xs: _Axis, dst, lut: np.ndarray):
+        self.ys, self.xs, self.width, self.dst, self.lut = ys, xs, width, dst, lut
+        self.buf = np.zeros((num_classes, ys.span, xs.span), dtype=np.float32)
+        self.carry = np.zeros((num_classes, ys.carried, width), dtype=np.float32)
+        self.band = np.zeros((ys.span, width), dtype=np.uint8)
+        self.counts = np.zeros(num_classes, dtype=np.int64)
+        self.nodata_pixels = 0
+
+    def add(self, k: int, j: int, logit: np.ndarray | None) -> None:
+        """Window ``(k, j)`` (row, column of windows); ``logit`` None for a window skipped as all nodata."""
+        ys, xs, buf = self.ys, self.xs, self.buf
+        x, w = xs.starts[j], xs.span
+        fresh = 0  # the first buffer column that no earlier window of this row weighed
+        if j > 0:
+            shift = x - xs.starts[j - 1]
+            fresh = w - shift
+            buf[:, :, :fresh] = buf[:, :, shift:]  # numpy buffers overlapping operands
+            buf[:, :, fresh:] = 0
+        else:
+            buf.fill(0)
+        if k > 0 and ys.carried:
+            top = ys.leads[k]
+            buf[:, top : top + ys.carried, fresh:] += self.carry[:, :, x + fresh : x + w]
+        if logit is not None:
+            buf += logit[:, : ys.span, :w] * (ys.profiles[k][:, None] * xs.profiles[j][None, :])
+        lx, rx, ly, ry = xs.leads[j], xs.ends[j], ys.leads[k], ys.ends[k]
+        self.band[ly:ry, x + lx : x + rx] = _argmax(buf[:, ly:ry, lx:rx])
+        if k < len(ys.starts) - 1:
+            self.carry[:, :, x + lx : x + rx] = buf[:, ys.stride :, lx:rx]
+
+    def finish_row(self, k: int, valid: np.ndarray) -> None:
+        """Nodata, count and write the rows that row ``k`` of windows finishes."""
+        ly, ry = self.ys.leads[k], self.ys.ends[k]
+        cls = self.band[ly:ry]
+        invalid = ~valid[ly:ry]
         cls[invalid] = IGNORE_INDEX
         self.counts += np.bincount(cls[~invalid], minlength=len(self.counts))[: len(self.counts)]
         self.nodata_pixels += int(invalid.sum())
-        self.dst.write(self.lut[cls][None], window=Window(0, self.origin, cls.shape[1], rows))
-        for plane in (*self.acc, self.weight):  # plane by plane: no temporary copy of the whole strip
-            _shift_up(plane, rows)
-        self.origin += rows
+        self.dst.write(self.lut[cls][None], window=Window(0, self.ys.starts[k] + ly, self.width, ry - ly))
+
+
+def _strips(
+    src, options: SceneOptions, limits, ys: _Axis, path: Path
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(uint8 image, valid mask) of each row of windows, full width. The next one is read in a thread while
+    this one is predicted: GDAL releases the GIL while it reads and decodes."""
+
+    def read(y: int) -> tuple[np.ndarray, np.ndarray]:
+        win = Window(0, y, src.width, ys.span)
+        try:
+            image = _to_uint8(src.read(list(options.bands), window=win), limits)
+            return image, src.dataset_mask(window=win) > 0
+        except RasterioError as err:
+            raise SceneError(f"'{path}': cannot read rows {y}..{y + ys.span}: {err}") from err
+
+    with ThreadPoolExecutor(1, thread_name_prefix="scene-reader") as pool:
+        ahead = pool.submit(read, ys.starts[0])
+        for y in [*ys.starts[1:], None]:
+            current = ahead.result()
+            if y is not None:
+                ahead = pool.submit(read, y)
+            yield current
 
 
 def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
-    """Windows go through ``logits_fn`` in full batches taken in row-major order, so a batch may span two
-    rows of windows: logits of the next row wait until the strip has moved down to them (at most one batch
-    of them), instead of every row ending on a short batch."""
+    """Windows go through ``logits_fn`` in full batches taken in row-major order (a batch may span two rows
+    of windows), then through the blender in the same order. A window that is all nodata costs no forward
+    pass but still goes through the blender, in its turn."""
     width, height, win = src.width, src.height, options.window
-    ys = window_starts(height, win, options.stride)
-    xs = window_starts(width, win, options.stride)
-    strip_h = min(win, height)
-    overlap_px = win - options.stride
-    profiles_x = [blend_profile(win, overlap_px, x > 0, x + win < width)[: width - x] for x in xs]
-    profiles_y = [blend_profile(win, overlap_px, y > 0, y + win < height)[:strip_h] for y in ys]
+    ys, xs = _Axis.of(height, win, options.stride), _Axis.of(width, win, options.stride)
+    blender = _Blender(classes.num_classes, width, ys, xs, dst, lut)
     limits = _stretch_limits(src, options)
-    strip = _Strip(classes, strip_h, width, lut, dst)
-    masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each window row read but not yet written
-    skipped = [0]
-    progress = _Progress(info.name, len(ys) * len(xs), options.progress_every_s)
+    masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each row of windows read but not yet written
+    pending: list[tuple[int, int, np.ndarray | None]] = []
+    last_column, skipped, batch = len(xs.starts) - 1, 0, 0
+    progress = _Progress(info.name, len(ys.starts) * len(xs.starts), options.progress_every_s)
 
-    def windows() -> Iterator[tuple[int, int, np.ndarray | None]]:
-        """(row, column, crop) in row-major order; (row, -1, None) when a row's strip has been read."""
-        for k, y in enumerate(ys):
-            try:
-                image, masks[k] = _read_strip(src, options, limits, y, strip_h)
-            except RasterioError as err:
-                raise SceneError(f"'{info.path}': cannot read rows {y}..{y + strip_h}: {err}") from err
-            yield k, -1, None
-            for j, x in enumerate(xs):
-                if masks[k][:, x : x + win].any():
-                    yield k, j, _pad_to(image[:, :, x : x + win], win)
-                else:  # a window that is nodata only costs no forward pass
-                    skipped[0] += 1
-                    progress.add(1)
+    def run() -> None:
+        crops = [crop for _, _, crop in pending if crop is not None]
+        logits = iter(logits_fn(torch.from_numpy(np.stack(crops))).float().numpy() if crops else ())
+        for k, j, crop in pending:
+            blender.add(k, j, None if crop is None else next(logits))
+            if j == last_column:
+                blender.finish_row(k, masks.pop(k))
+        progress.add(len(pending))
+        pending.clear()
 
-    row = 0  # the window row the strip starts at
-
-    def finish_rows_before(k: int) -> None:
-        nonlocal row
-        while row < k:
-            strip.finish((ys[row + 1] - ys[row]) if row + 1 < len(ys) else strip_h, masks.pop(row))
-            row += 1
-
-    def run(batch: list) -> None:
-        logits = logits_fn(torch.from_numpy(np.stack([crop for _, _, crop in batch]))).float().numpy()
-        for (k, j, _), logit in zip(batch, logits, strict=True):
-            finish_rows_before(k)
-            strip.add(logit, ys[k], xs[j], profiles_y[k][:, None] * profiles_x[j][None, :])
-        progress.add(len(batch))
-        batch.clear()
-
-    batch: list = []
     try:
-        for k, j, crop in windows():
-            if j >= 0:
-                batch.append((k, j, crop))
-                if len(batch) == options.batch_size:
-                    run(batch)
-                continue
-            # A new row of windows was read. Rows of nodata-only windows yield nothing, so do not let their
-            # masks pile up behind a pending batch: run it short, then write the rows that are done.
-            if batch and len(masks) > 2:
-                run(batch)
-            if not batch:
-                finish_rows_before(k)
-        if batch:
-            run(batch)
-        finish_rows_before(len(ys))
+        for k, (image, mask) in enumerate(_strips(src, options, limits, ys, info.path)):
+            masks[k] = mask
+            # Nothing but skipped windows pending costs nothing to run; rows of nodata-only windows behind a
+            # pending batch would pile up their masks: run it short.
+            if pending and (batch == 0 or len(masks) > 2):
+                run()
+                batch = 0
+            for j, x in enumerate(xs.starts):
+                if not mask[:, x : x + win].any():
+                    skipped += 1
+                    pending.append((k, j, None))
+                    continue
+                pending.append((k, j, _pad_to(image[:, :, x : x + win], win)))
+                batch += 1
+                if batch == options.batch_size:
+                    run()
+                    batch = 0
+        run()
     finally:
         progress.close()
     return SceneResult(
         info.name,
         width,
         height,
-        len(ys) * len(xs),
-        skipped[0],
+        len(ys.starts) * len(xs.starts),
+        skipped,
         0.0,
-        strip.counts.tolist(),
-        strip.nodata_pixels,
+        blender.counts.tolist(),
+        blender.nodata_pixels,
     )
 
 
