@@ -312,10 +312,59 @@ def test_rows_of_nodata_only_windows_between_batches(tmp_path):
     data[:, 80:230] = 0
     scene = write_scene(tmp_path / "band.tif", data, nodata=0)
     fn = counting(conv_logits())
-    result = map_scene(scene, tmp_path / "band_map.tif", fn, CLASSES, SceneOptions(window=32, batch_size=5))
+    opts = SceneOptions(window=32, batch_size=5, nodata_fill="none")  # windows see the zeros, as the pass
+    result = map_scene(scene, tmp_path / "band_map.tif", fn, CLASSES, opts)
     assert result.windows_skipped >= 5 * 8 and fn.windows == result.windows - result.windows_skipped
     with rasterio.open(tmp_path / "band_map.tif") as src:
         written = src.read(1)
     expected = whole_scene_map(conv_logits(), data)
     expected[80:230] = 255
     np.testing.assert_array_equal(written, expected)
+
+
+@pytest.mark.parametrize("fill", ["mirror", "mean", "none"])
+def test_what_the_model_sees_in_the_nodata_part_of_a_window(tmp_path, fill):
+    """A tile among nodata (the shared rs8test scenes): black, which no training tile had, is mirrored
+    valid imagery (or the normalisation's mean colour) by the time a window reaches the model; the map
+    stays nodata there whatever the model saw."""
+    data = np.zeros((3, 192, 192), dtype=np.uint8)
+    data[:, 40:140, 50:150] = random_scene(100, 100, seed=4)
+    scene = write_scene(tmp_path / "tile.tif", data, nodata=0)
+    seen = []
+
+    def fn(images):
+        seen.append(images.clone())
+        return conv_logits()(images)
+
+    opts = SceneOptions(window=64, nodata_fill=fill, fill_colour=(10, 20, 30))
+    map_scene(scene, tmp_path / "tile_map.tif", fn, CLASSES, opts)
+    crops = torch.cat(seen)
+    if fill == "mirror":  # the valid part of every window is a rectangle: mirrored, nothing painted
+        assert crops.amin() >= 1 and not (crops == torch.tensor([10, 20, 30])[:, None, None]).all(1).any()
+    elif fill == "mean":
+        painted = (crops == torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]).all(1)
+        assert (crops.amin(1) == 0).sum() == 0 and painted.any()
+    else:
+        assert (crops == 0).all(1).any()
+    with rasterio.open(tmp_path / "tile_map.tif") as src:
+        written = src.read(1)
+    outside = np.ones((192, 192), dtype=bool)
+    outside[40:140, 50:150] = False
+    assert (written[outside] == 255).all() and (written[~outside] != 255).all()
+
+
+def test_mirror_fill_paints_the_mean_colour_where_the_valid_part_is_not_a_rectangle(tmp_path):
+    data = random_scene(64, 64, seed=5)
+    data[:, :32, :32] = 0  # an L-shaped valid part
+    scene = write_scene(tmp_path / "l.tif", data, nodata=0)
+    seen = []
+
+    def fn(images):
+        seen.append(images.clone())
+        return conv_logits()(images)
+
+    opts = SceneOptions(window=64, fill_colour=(10, 20, 30))
+    map_scene(scene, tmp_path / "l_map.tif", fn, CLASSES, opts)
+    (crop,) = torch.cat(seen)
+    assert (crop[:, :32, :32] == torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]).all()
+    assert torch.equal(crop[:, 32:], torch.from_numpy(data[:, 32:]))

@@ -45,6 +45,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
+from naic_seg.core.data import IMAGENET_MEAN
 from naic_seg.core.labels import IGNORE_INDEX, PALETTE, ClassTable
 from naic_seg.core.metrics import confusion_matrix, scores
 
@@ -54,6 +55,7 @@ LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 SCENE_SUFFIXES = (".tif", ".tiff")
 LABEL_SUFFIX = "_label"
 OUTPUT_VALUES = ("index", "naic")
+NODATA_FILLS = ("mirror", "mean", "none")
 # GDAL's block cache: the default (5 % of RAM) would keep every written block of a big map resident.
 GDAL_CACHE_MB = 32
 COG_BLOCK = 512
@@ -72,6 +74,10 @@ class SceneOptions:
     of its valid pixels (from a decimated read) to 0..255, for uint16 or float imagery.
     ``output_values``: ``index`` writes class indices as uint8 (nodata 255); ``naic`` writes the stored class
     values (100..800, which do not fit a byte) as uint16 (nodata 0, the contest's "unlabelled").
+    ``nodata_fill``: what the model sees in the nodata part of a window (the map stays nodata there):
+    ``mirror`` mirrors the window's valid part out when it is a rectangle (a scene's edge, a tile among
+    nodata) and otherwise paints nodata ``fill_colour`` (the normalisation's mean: 0 once normalised);
+    ``mean`` always paints; ``none`` leaves the pixels as read (often black, which no training tile had).
     """
 
     window: int | None = None  # scene pixels per window; needed to map, not to read maps back
@@ -81,6 +87,8 @@ class SceneOptions:
     scaling: dict | None = None
     output_values: str = "index"
     progress_every_s: float = 10.0
+    nodata_fill: str = "mirror"
+    fill_colour: Sequence[int] | None = None  # None: ImageNet's mean colour
 
     def __post_init__(self):
         if self.window is not None:
@@ -91,6 +99,10 @@ class SceneOptions:
             raise ValueError(f"overlap must be in [0, 0.5], got {self.overlap}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.nodata_fill not in NODATA_FILLS:
+            raise ValueError(f"nodata_fill must be one of {NODATA_FILLS}, got {self.nodata_fill!r}")
+        colour = self.fill_colour if self.fill_colour is not None else [round(m * 255) for m in IMAGENET_MEAN]
+        self.fill_colour = np.asarray(colour, dtype=np.uint8).reshape(3, 1, 1)
         if self.output_values not in OUTPUT_VALUES:
             raise ValueError(f"output_values must be one of {OUTPUT_VALUES}, got {self.output_values!r}")
         self.bands = tuple(int(b) for b in (self.bands or (1, 2, 3)))
@@ -314,6 +326,19 @@ class SceneResult:
         return self.width * self.height / 1e6 / max(self.seconds, 1e-9)
 
 
+def _fill_nodata(crop: np.ndarray, valid: np.ndarray, options: SceneOptions) -> np.ndarray:
+    """A window with some nodata, as the model should see it (see ``SceneOptions.nodata_fill``)."""
+    if options.nodata_fill == "none" or valid.all():
+        return crop
+    if options.nodata_fill == "mirror":
+        rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        if valid[y0:y1, x0:x1].all():
+            h, w = valid.shape
+            return np.pad(crop[:, y0:y1, x0:x1], ((0, 0), (y0, h - y1), (x0, w - x1)), mode="symmetric")
+    return np.where(valid[None], crop, options.fill_colour)
+
+
 def _pad_to(window_image: np.ndarray, size: int) -> np.ndarray:
     """A window cut short by a scene smaller than ``size`` is mirrored out to full size, so the model
     sees the scene at the same scale as everywhere else (a resize would change it)."""
@@ -363,6 +388,7 @@ def map_scene(
                 COMPRESS="DEFLATE",
                 BLOCKSIZE=COG_BLOCK,
                 OVERVIEW_RESAMPLING="MODE",
+                NUM_THREADS="ALL_CPUS",  # compression and overviews: the model is done with the cores by now
             )
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -418,14 +444,9 @@ class _Axis:
 
 
 def _argmax(acc: np.ndarray) -> np.ndarray:
-    """uint8 arg-max over the classes (axis 0), class by class; ties go to the lower class, as argmax's."""
-    best = acc[0].copy()
-    index = np.zeros(best.shape, dtype=np.uint8)
-    for c in range(1, acc.shape[0]):
-        better = acc[c] > best
-        index[better] = c
-        np.maximum(best, acc[c], out=best)
-    return index
+    """uint8 arg-max over the classes (axis 0), ties to the lower class as ``np.argmax``. torch's ``max``
+    over a dimension runs on both cores and is twice as fast here as numpy's (and torch's own argmax)."""
+    return torch.from_numpy(acc).max(0).indices.to(torch.uint8).numpy()
 
 
 class _Blender:
@@ -442,6 +463,8 @@ class _Blender:
     def __init__(self, num_classes: int, width: int, ys: _Axis, xs: _Axis, dst, lut: np.ndarray):
         self.ys, self.xs, self.width, self.dst, self.lut = ys, xs, width, dst, lut
         self.buf = np.zeros((num_classes, ys.span, xs.span), dtype=np.float32)
+        self.spare, self.weighted = np.zeros_like(self.buf), np.empty_like(self.buf)  # reused, not allocated
+        self.w2d = np.empty((ys.span, xs.span), dtype=np.float32)
         self.carry = np.zeros((num_classes, ys.carried, width), dtype=np.float32)
         self.band = np.zeros((ys.span, width), dtype=np.uint8)
         self.counts = np.zeros(num_classes, dtype=np.int64)
@@ -449,21 +472,25 @@ class _Blender:
 
     def add(self, k: int, j: int, logit: np.ndarray | None) -> None:
         """Window ``(k, j)`` (row, column of windows); ``logit`` None for a window skipped as all nodata."""
-        ys, xs, buf = self.ys, self.xs, self.buf
+        ys, xs = self.ys, self.xs
         x, w = xs.starts[j], xs.span
         fresh = 0  # the first buffer column that no earlier window of this row weighed
-        if j > 0:
+        if j > 0:  # slide the buffer right by one window: what overlaps moves into the spare buffer
             shift = x - xs.starts[j - 1]
             fresh = w - shift
-            buf[:, :, :fresh] = buf[:, :, shift:]  # numpy buffers overlapping operands
-            buf[:, :, fresh:] = 0
+            self.spare[:, :, :fresh] = self.buf[:, :, shift:]
+            self.spare[:, :, fresh:] = 0
+            self.buf, self.spare = self.spare, self.buf
         else:
-            buf.fill(0)
+            self.buf.fill(0)
+        buf = self.buf
         if k > 0 and ys.carried:
             top = ys.leads[k]
             buf[:, top : top + ys.carried, fresh:] += self.carry[:, :, x + fresh : x + w]
         if logit is not None:
-            buf += logit[:, : ys.span, :w] * (ys.profiles[k][:, None] * xs.profiles[j][None, :])
+            np.multiply(ys.profiles[k][:, None], xs.profiles[j][None, :], out=self.w2d)
+            np.multiply(logit[:, : ys.span, :w], self.w2d, out=self.weighted)
+            buf += self.weighted
         lx, rx, ly, ry = xs.leads[j], xs.ends[j], ys.leads[k], ys.ends[k]
         self.band[ly:ry, x + lx : x + rx] = _argmax(buf[:, ly:ry, lx:rx])
         if k < len(ys.starts) - 1:
@@ -539,7 +566,8 @@ def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
                     skipped += 1
                     pending.append((k, j, None))
                     continue
-                pending.append((k, j, _pad_to(image[:, :, x : x + win], win)))
+                crop = _fill_nodata(image[:, :, x : x + win], mask[:, x : x + win], options)
+                pending.append((k, j, _pad_to(crop, win)))
                 batch += 1
                 if batch == options.batch_size:
                     run()

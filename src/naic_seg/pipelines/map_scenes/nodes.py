@@ -18,11 +18,12 @@ from naic_seg.datasets.scenes import SceneListing
 log = logging.getLogger(__name__)
 
 PREDICT_KEYS = ("tta", "tta_scales", "input_size", "batch_size", "device", "amp", "channels_last")
-SCENE_KEYS = ("overlap", "batch_size", "bands", "scaling", "output_values")
+SCENE_KEYS = ("overlap", "batch_size", "bands", "scaling", "output_values", "nodata_fill")
 
 
-def _scene_options(options: dict, window: int | None = None) -> SceneOptions:
-    return SceneOptions(window=window, **{k: options[k] for k in SCENE_KEYS if k in options})
+def _scene_options(options: dict, window: int | None = None, fill_colour=None) -> SceneOptions:
+    chosen = {k: options[k] for k in SCENE_KEYS if k in options}
+    return SceneOptions(window=window, fill_colour=fill_colour, **chosen)
 
 
 def map_scenes(
@@ -45,7 +46,9 @@ def map_scenes(
     predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
-    opts = _scene_options(options, window)
+    # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).
+    mean = (predictor.normalization or {}).get("mean")
+    opts = _scene_options(options, window, None if mean is None else [round(m * 255) for m in mean])
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
