@@ -39,10 +39,10 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import add_rs8_argument
+    from _common import add_rs8_argument, cpu_model
     from bench_data_prep import WRAPPER, make_project, run_sampled
 else:
-    from ._common import add_rs8_argument
+    from ._common import add_rs8_argument, cpu_model
     from .bench_data_prep import WRAPPER, make_project, run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,7 @@ BUDGETS: dict[str, dict[str, int]] = {
     "smoke": {"s1": 4, "s2": 2, "batch": 4},  # the test of this script
 }
 STAGE2_COST = 2.2
+ITERATIONS_FACTOR = "@iterations_factor"  # an override key: scales both stages' iterations
 
 
 def _both(key: str, value) -> dict:
@@ -89,6 +90,14 @@ CONFIGS: dict[str, tuple[str, dict, bool]] = {
     ),
     "lr2e-2": ("stage-1 learning rate 2e-2 instead of 1e-2", {f"{S1}.train.lr": 0.02}, False),
 }
+LITE0 = {f"{S1}.model.encoder": "tu-tf_efficientnet_lite0", f"{S1}.model.pretrained": "imagenet"}
+for _size in (128, 192, 256):
+    # Stride 16 only, and time-matched with the 128-px run: iterations scaled by (128 / size)^2.
+    CONFIGS[f"lite0-{_size}"] = (
+        f"ImageNet EfficientNet-Lite0, {_size} px, stride 16 only, iterations x (128/{_size})^2",
+        {**LITE0, **_both("train.input_size", _size), ITERATIONS_FACTOR: (128 / _size) ** 2},
+        True,
+    )
 
 
 def log(msg: str) -> None:
@@ -102,22 +111,30 @@ def _rs8_iterations() -> tuple[int, int]:
     return int(conf[S1]["train"]["iterations"]), int(conf[S2]["train"]["iterations"])
 
 
-def config_params(name: str, budget: str, rs8: Path) -> tuple[list[str], dict]:
+def config_params(name: str, budget: str, rs8: Path, holdout_only: bool = False) -> tuple[list[str], dict]:
     """The ``kedro run`` arguments after ``run`` for one configuration, and the overrides used."""
     _, overrides, stage1_only = CONFIGS[name]
+    overrides = dict(overrides)
+    factor = overrides.pop(ITERATIONS_FACTOR, 1.0)
     s1, s2 = BUDGETS[budget]["s1"], BUDGETS[budget]["s2"]
     if not s1:
         s1, s2 = _rs8_iterations()
     batch = BUDGETS[budget]["batch"]
     params = {"data_root": str(rs8), **(_both("train.batch_size", batch) if batch else {}), **overrides}
-    params[f"{S1}.train.iterations"] = s1
-    params[f"{S2}.train.iterations"] = s2
+    params[f"{S1}.train.iterations"] = max(1, round(s1 * factor))
+    params[f"{S2}.train.iterations"] = max(1, round(s2 * factor))
     args = ["--env", "rs8"]
+    pipelines = ["data_prep", "train_stage1", "train_stage2", "submit"]
     if stage1_only:
-        params[f"{S1}.train.iterations"] = s1 + round(STAGE2_COST * s2)
+        params[f"{S1}.train.iterations"] = max(1, round((s1 + STAGE2_COST * s2) * factor))
         params.pop(f"{S2}.train.iterations")
         params["submit.checkpoints"] = "[stage1]"
-        args += ["--pipelines", "data_prep,train_stage1,submit"]
+        pipelines.remove("train_stage2")
+    if holdout_only:  # choosing settings: no look at the test tiles
+        pipelines.remove("submit")
+        params.pop("submit.checkpoints", None)
+    if stage1_only or holdout_only:
+        args += ["--pipelines", ",".join(pipelines)]
     dotlist = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items())
     return [*args, "--params", dotlist], params
 
@@ -172,9 +189,11 @@ def _stage(path: Path) -> dict | None:
     }
 
 
-def run_config(name: str, budget: str, rs8: Path, work: Path, timeout: float) -> dict:
+def run_config(
+    name: str, budget: str, rs8: Path, work: Path, timeout: float, holdout_only: bool = False
+) -> dict:
     project = make_project(work / name)
-    args, params = config_params(name, budget, rs8)
+    args, params = config_params(name, budget, rs8, holdout_only)
     log(f"{name}: kedro run {shlex.join(args)}")
     res = run_kedro(project, args, work / f"{name}.log", timeout)
     reporting = project / "data" / "08_reporting"
@@ -187,11 +206,12 @@ def run_config(name: str, budget: str, rs8: Path, work: Path, timeout: float) ->
         **res,
         "stage1": _stage(reporting / "stage1_metrics.json"),
         "stage2": None if CONFIGS[name][2] else _stage(reporting / "stage2_metrics.json"),
-        "test": _scores(reporting / "submission_metrics.json"),
+        "test": None if holdout_only else _scores(reporting / "submission_metrics.json"),
+        "holdout_only": holdout_only,
     }
     stages = [s for s in (record["stage1"], record["stage2"]) if s]
     record["train_seconds"] = round(sum(s["train_seconds"] for s in stages), 1)
-    if res["returncode"] == 0 and not CONFIGS[name][2]:
+    if res["returncode"] == 0 and not CONFIGS[name][2] and not holdout_only:
         # Score the same run's stage-1 checkpoint on the test tiles too (stage 2 vs stage 1).
         extra = [
             "--env",
@@ -245,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the project copies and logs")
     ap.add_argument("--timeout", type=float, default=3600, help="per-run limit in seconds")
     ap.add_argument("--list", action="store_true", help="list the configurations and exit")
+    ap.add_argument(
+        "--holdout-only",
+        action="store_true",
+        help="train and score on the hold-out only (no submit on the test tiles): for choosing settings",
+    )
     ap.add_argument("--table", type=Path, default=None, help="print the markdown table of the JSONs in DIR")
     args = ap.parse_args(argv)
     if args.table:
@@ -262,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     try:
         for name in args.configs:
-            rec = run_config(name, args.budget, args.rs8.resolve(), work, args.timeout)
+            rec = run_config(name, args.budget, args.rs8.resolve(), work, args.timeout, args.holdout_only)
             records.append(rec)
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
@@ -274,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     doc = {
         "benchmark": "rs8_sweep",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_end": os.getloadavg()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "loadavg_end": os.getloadavg(),
+        },
         "results": records,
     }
     print(json.dumps(doc, indent=1))

@@ -125,3 +125,20 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
         and table[3].startswith("| stage1-only |")
     )
     assert f"| {recipe['test']['mIoU']:.3f} |" in table[2]
+
+
+def test_rs8_sweep_holdout_only_never_submits_and_time_matches_input_sizes() -> None:
+    """Settings are chosen on the hold-out: --holdout-only runs no submit (the test tiles stay unseen), and
+    the pretrained input-size rows get iterations scaled by (128 / size)^2, so they cost about the same."""
+    sweep = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"))
+    rs8 = Path("/data/rs8")
+    args, params = sweep["config_params"]("lite0-256", "short", rs8, True)
+    assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1"]
+    assert params["train_stage1.train.iterations"] == round((400 + sweep["STAGE2_COST"] * 100) / 4)
+    assert params["train_stage1.model.encoder"] == "tu-tf_efficientnet_lite0"
+    assert params["train_stage1.train.input_size"] == 256 and "submit.checkpoints" not in params
+    assert not any(k.startswith("@") for k in params)
+    args, _ = sweep["config_params"]("recipe", "short", rs8, True)
+    assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1,train_stage2"]
+    args, _ = sweep["config_params"]("recipe", "short", rs8, False)
+    assert "--pipelines" not in args  # the whole flow, submit included
