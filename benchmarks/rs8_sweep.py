@@ -98,6 +98,16 @@ for _size in (128, 192, 256):
         {**LITE0, **_both("train.input_size", _size), ITERATIONS_FACTOR: (128 / _size) ** 2},
         True,
     )
+CONFIGS["lite0-128-seed1997"] = (
+    "lite0-128 with seed 1997 instead of 1996: run-to-run noise of the pretrained rows",
+    {**CONFIGS["lite0-128"][1], **_both("train.seed", 1997)},
+    True,
+)
+CONFIGS["lite0-192-batch16"] = (
+    "lite0-192 with batch 16 (same iterations: twice the images)",
+    {**CONFIGS["lite0-192"][1], **_both("train.batch_size", 16)},
+    True,
+)
 
 
 def log(msg: str) -> None:
