@@ -271,7 +271,14 @@ def bench_quality(args, work: Path) -> dict:
     from naic_seg.core.labels import ClassTable
     from naic_seg.core.metrics import scores
     from naic_seg.core.predict import PredictConfig, Predictor
-    from naic_seg.core.scenes import SceneOptions, label_path_for, map_scene, score_map, split_scene_files
+    from naic_seg.core.scenes import (
+        SceneOptions,
+        label_path_for,
+        map_scene,
+        mean_colour,
+        score_map,
+        split_scene_files,
+    )
 
     classes = ClassTable.naic()
     ckpt = load_checkpoint(args.checkpoint)
@@ -279,10 +286,9 @@ def bench_quality(args, work: Path) -> dict:
         [ckpt], PredictConfig(batch_size=args.batch, device="cpu"), classes
     )
     window = args.quality_window or predictor.tile_size or predictor.input_size
-    mean = (predictor.normalization or {}).get("mean")
     opts = SceneOptions(
         window=window, overlap=args.overlap, batch_size=args.batch, progress_every_s=30,
-        nodata_fill=args.nodata_fill, fill_colour=None if mean is None else [round(m * 255) for m in mean],
+        nodata_fill=args.nodata_fill, fill_colour=mean_colour(predictor.normalization),
     )  # fmt: skip
     scenes, _ = split_scene_files(args.scenes.iterdir())
     per_scene = {}

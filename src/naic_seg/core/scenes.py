@@ -65,6 +65,12 @@ class SceneError(ValueError):
     """A scene (or its label) that cannot be mapped, named with the reason."""
 
 
+def mean_colour(normalization: dict | None) -> list[int]:
+    """The uint8 colour a model's input normalisation maps to 0 (ImageNet's mean when it names none)."""
+    mean = (normalization or {}).get("mean") or IMAGENET_MEAN
+    return [round(m * 255) for m in mean]
+
+
 @dataclass
 class SceneOptions:
     """How a scene is cut and what the map holds.
@@ -101,7 +107,7 @@ class SceneOptions:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.nodata_fill not in NODATA_FILLS:
             raise ValueError(f"nodata_fill must be one of {NODATA_FILLS}, got {self.nodata_fill!r}")
-        colour = self.fill_colour if self.fill_colour is not None else [round(m * 255) for m in IMAGENET_MEAN]
+        colour = self.fill_colour if self.fill_colour is not None else mean_colour(None)
         self.fill_colour = np.asarray(colour, dtype=np.uint8).reshape(3, 1, 1)
         if self.output_values not in OUTPUT_VALUES:
             raise ValueError(f"output_values must be one of {OUTPUT_VALUES}, got {self.output_values!r}")
@@ -463,8 +469,6 @@ class _Blender:
     def __init__(self, num_classes: int, width: int, ys: _Axis, xs: _Axis, dst, lut: np.ndarray):
         self.ys, self.xs, self.width, self.dst, self.lut = ys, xs, width, dst, lut
         self.buf = np.zeros((num_classes, ys.span, xs.span), dtype=np.float32)
-        self.spare, self.weighted = np.zeros_like(self.buf), np.empty_like(self.buf)  # reused, not allocated
-        self.w2d = np.empty((ys.span, xs.span), dtype=np.float32)
         self.carry = np.zeros((num_classes, ys.carried, width), dtype=np.float32)
         self.band = np.zeros((ys.span, width), dtype=np.uint8)
         self.counts = np.zeros(num_classes, dtype=np.int64)
@@ -472,25 +476,21 @@ class _Blender:
 
     def add(self, k: int, j: int, logit: np.ndarray | None) -> None:
         """Window ``(k, j)`` (row, column of windows); ``logit`` None for a window skipped as all nodata."""
-        ys, xs = self.ys, self.xs
+        ys, xs, buf = self.ys, self.xs, self.buf
         x, w = xs.starts[j], xs.span
         fresh = 0  # the first buffer column that no earlier window of this row weighed
-        if j > 0:  # slide the buffer right by one window: what overlaps moves into the spare buffer
+        if j > 0:  # slide the buffer right by one window
             shift = x - xs.starts[j - 1]
             fresh = w - shift
-            self.spare[:, :, :fresh] = self.buf[:, :, shift:]
-            self.spare[:, :, fresh:] = 0
-            self.buf, self.spare = self.spare, self.buf
+            buf[:, :, :fresh] = buf[:, :, shift:]  # numpy buffers overlapping operands
+            buf[:, :, fresh:] = 0
         else:
-            self.buf.fill(0)
-        buf = self.buf
+            buf.fill(0)
         if k > 0 and ys.carried:
             top = ys.leads[k]
             buf[:, top : top + ys.carried, fresh:] += self.carry[:, :, x + fresh : x + w]
         if logit is not None:
-            np.multiply(ys.profiles[k][:, None], xs.profiles[j][None, :], out=self.w2d)
-            np.multiply(logit[:, : ys.span, :w], self.w2d, out=self.weighted)
-            buf += self.weighted
+            buf += logit[:, : ys.span, :w] * (ys.profiles[k][:, None] * xs.profiles[j][None, :])
         lx, rx, ly, ry = xs.leads[j], xs.ends[j], ys.leads[k], ys.ends[k]
         self.band[ly:ry, x + lx : x + rx] = _argmax(buf[:, ly:ry, lx:rx])
         if k < len(ys.starts) - 1:

@@ -12,7 +12,15 @@ from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
 from naic_seg.core.predict import PredictConfig, Predictor
-from naic_seg.core.scenes import SceneOptions, area_table, check_scenes, map_scene, quicklook, score_map
+from naic_seg.core.scenes import (
+    SceneOptions,
+    area_table,
+    check_scenes,
+    map_scene,
+    mean_colour,
+    quicklook,
+    score_map,
+)
 from naic_seg.datasets.scenes import SceneListing
 
 log = logging.getLogger(__name__)
@@ -47,8 +55,7 @@ def map_scenes(
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
     # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).
-    mean = (predictor.normalization or {}).get("mean")
-    opts = _scene_options(options, window, None if mean is None else [round(m * 255) for m in mean])
+    opts = _scene_options(options, window, mean_colour(predictor.normalization))
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
