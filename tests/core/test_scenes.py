@@ -368,3 +368,27 @@ def test_mirror_fill_paints_the_mean_colour_where_the_valid_part_is_not_a_rectan
     (crop,) = torch.cat(seen)
     assert (crop[:, :32, :32] == torch.tensor([10, 20, 30], dtype=torch.uint8)[:, None, None]).all()
     assert torch.equal(crop[:, 32:], torch.from_numpy(data[:, 32:]))
+
+
+def test_a_read_error_while_mapping_names_the_file_and_rows_and_writes_no_map(tmp_path, monkeypatch):
+    """Strips are read one ahead in a thread: an error there still reaches the caller, naming the scene
+    and the rows, and no map (nor temporary) is left."""
+    from rasterio.errors import RasterioError
+
+    import naic_seg.core.scenes as scenes
+
+    scene = write_scene(tmp_path / "bad.tif", random_scene(200, 120, seed=6))
+    real, calls = scenes._to_uint8, []
+
+    def failing(block, limits):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RasterioError("simulated decode failure")
+        return real(block, limits)
+
+    monkeypatch.setattr(scenes, "_to_uint8", failing)
+    out = tmp_path / "maps" / "bad.tif"
+    out.parent.mkdir()
+    with pytest.raises(SceneError, match=r"bad\.tif': cannot read rows 48\.\.112: simulated"):
+        map_scene(scene, out, conv_logits(), CLASSES, SceneOptions(window=64))
+    assert list(out.parent.iterdir()) == []
