@@ -108,6 +108,31 @@ CONFIGS["lite0-192-batch16"] = (
     {**CONFIGS["lite0-192"][1], **_both("train.batch_size", 16)},
     True,
 )
+CONFIGS["lite0-192-2stage"] = (
+    "lite0-192's training time split into stride 16 then stride 8 (the two-stage recipe)",
+    CONFIGS["lite0-192"][1],
+    False,
+)
+CONFIGS["lite0-192-flips"] = (
+    "lite0-192 with random horizontal + vertical flips",
+    {**CONFIGS["lite0-192"][1], **CONFIGS["flips"][1]},
+    True,
+)
+CONFIGS["lite0-192-enc0.1"] = (
+    "lite0-192 with the encoder at a tenth of the head's learning rate",
+    {**CONFIGS["lite0-192"][1], **_both("train.encoder_lr_mult", 0.1)},
+    True,
+)
+CONFIGS["lite0-192-balanced"] = (
+    "lite0-192 with class-balanced loss weights (1 / ln(1.02 + class share))",
+    {**CONFIGS["lite0-192"][1], **_both("train.class_weight", "balanced")},
+    True,
+)
+CONFIGS["lite0-192-ohem"] = (
+    "lite0-192 with OHEM pixel sampling (threshold 0.7, at least 100000 pixels a batch)",
+    {**CONFIGS["lite0-192"][1], **_both("train.ohem_thresh", 0.7)},
+    True,
+)
 
 
 def log(msg: str) -> None:

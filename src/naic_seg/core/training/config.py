@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from naic_seg.core.runtime import AMP_CHOICES
+from naic_seg.core.training.loss import check_ohem
 
 
 @dataclass
@@ -20,6 +21,10 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     aux_weight: float = 0.4
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate as a fraction of lr (head and aux: lr)
+    class_weight: str | list | None = None  # None | balanced | one weight per class (see .loss)
+    ohem_thresh: float | None = None  # None: plain cross-entropy; else mmsegmentation's OHEM pixel sampling
+    ohem_min_kept: int = 100000  # OHEM keeps at least this many pixels of each batch (per process)
     input_size: int | None = 512
     augment: dict = field(default_factory=dict)
     workers: int = 2
@@ -48,6 +53,9 @@ class TrainConfig:
             raise ValueError(f"amp must be one of auto, none, bf16, fp16; got {cfg.amp!r}")
         if cfg.iterations < 1 or cfg.batch_size < 1:
             raise ValueError("iterations and batch_size must be positive")
+        if cfg.encoder_lr_mult < 0:
+            raise ValueError(f"encoder_lr_mult must be >= 0, got {cfg.encoder_lr_mult}")
+        check_ohem(cfg.ohem_thresh, cfg.ohem_min_kept)
         return cfg
 
     def fingerprint(self, model_config: dict, n_train: int, world_size: int) -> dict:
@@ -61,6 +69,10 @@ class TrainConfig:
             "momentum",
             "weight_decay",
             "aux_weight",
+            "encoder_lr_mult",
+            "class_weight",
+            "ohem_thresh",
+            "ohem_min_kept",
             "input_size",
             "augment",
             "seed",

@@ -13,16 +13,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.data import InfiniteSampler, ManifestDataset
-from naic_seg.core.labels import IGNORE_INDEX, ClassTable
+from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
 from naic_seg.core.models import build_model, convert_sync_batchnorm, input_normalization
 from naic_seg.core.runtime import Runtime
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.evaluation import evaluate
+from naic_seg.core.training.loss import SegmentationLoss, resolve_class_weight
 from naic_seg.core.training.progress import LogWindow, Progress
 from naic_seg.core.training.resume import ResumeFile
 
@@ -53,7 +53,15 @@ class TrainResult:
 class Stage:
     """The model, optimiser and grad scaler of one stage, and its training step."""
 
-    def __init__(self, model_config: dict, cfg: TrainConfig, runtime: Runtime, init_state, world_size: int):
+    def __init__(
+        self,
+        model_config: dict,
+        cfg: TrainConfig,
+        runtime: Runtime,
+        init_state,
+        world_size: int,
+        class_weight: torch.Tensor | None = None,
+    ):
         self.cfg, self.runtime = cfg, runtime
         torch.manual_seed(cfg.seed)
         model = build_model(**model_config)
@@ -69,8 +77,12 @@ class Stage:
             model = convert_sync_batchnorm(model)
         self.model = runtime.place_model(model)
         self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            _param_groups(model, cfg.encoder_lr_mult),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
+        self.loss = SegmentationLoss(class_weight, cfg.ohem_thresh, cfg.ohem_min_kept).to(runtime.device)
         self.scaler = runtime.grad_scaler()
         self.run_model: torch.nn.Module = model
         self.normalization = input_normalization(model_config["encoder"])
@@ -97,16 +109,16 @@ class Stage:
         self.scaler.load_state_dict(state["scaler"])
 
     def step(self, batch: dict, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One SGD step on CE + aux_weight x auxiliary CE; returns (loss, aux loss, total), detached."""
+        """One SGD step on loss + aux_weight x auxiliary loss; returns (loss, aux loss, total), detached."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_mult"]
         images = self.prepare(batch["image"])
         labels = batch["label"].to(self.runtime.device, non_blocking=True)
         with self.runtime.autocast():
             logits, aux_logits = self.run_model(images)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
+            loss = self.loss(logits, labels)
             aux_loss = (
-                F.cross_entropy(aux_logits.float(), labels, ignore_index=IGNORE_INDEX)
+                self.loss(aux_logits, labels)
                 if aux_logits is not None
                 else torch.zeros((), device=self.runtime.device)
             )
@@ -119,6 +131,14 @@ class Stage:
 
     def final_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+
+def _param_groups(model: torch.nn.Module, encoder_lr_mult: float) -> list[dict]:
+    """The head (and auxiliary head) at the stage's rate, the encoder at ``encoder_lr_mult`` times it."""
+    encoder = list(model.encoder.parameters())
+    ids = {id(p) for p in encoder}
+    head = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": head, "lr_mult": 1.0}, {"params": encoder, "lr_mult": float(encoder_lr_mult)}]
 
 
 class _Evaluations:
@@ -197,7 +217,8 @@ def train(
     main = rank == 0
     if main:
         log.info("Training runtime: %s", runtime.describe())
-    stage = Stage(model_config, cfg, runtime, init_state, world_size)
+    class_weight = resolve_class_weight(cfg.class_weight, train_manifest, classes)
+    stage = Stage(model_config, cfg, runtime, init_state, world_size, class_weight)
     resume = ResumeFile(cfg.work_dir, cfg.fingerprint(model_config, len(train_manifest), world_size))
     evals = _Evaluations(stage, val_manifest, classes, log_fn if main else None, rank, world_size)
     start, evals.history, evals.best = resume.restore(stage, cfg.resume, announce=main)
