@@ -142,3 +142,7 @@ def test_rs8_sweep_holdout_only_never_submits_and_time_matches_input_sizes() -> 
     assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1,train_stage2"]
     args, _ = sweep["config_params"]("recipe", "short", rs8, False)
     assert "--pipelines" not in args  # the whole flow, submit included
+    # The Lite stage-1-only row pays stage 2's iterations at Lite0's measured stride-8 cost.
+    _, params = sweep["config_params"]("stage1-only-lite", "short", rs8, True)
+    assert params["train_stage1.train.iterations"] == round(400 + sweep["LITE_STAGE2_COST"] * 100) == 780
+    assert not any(k.startswith("@") for k in params)
