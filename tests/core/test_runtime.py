@@ -68,7 +68,7 @@ def test_training_logs_which_precision_it_chose_and_why(cpu_caps, caplog, monkey
     class StopAfterRuntime(Exception):
         pass
 
-    def stage(model_config, cfg, runtime, init_state, world_size):
+    def stage(model_config, cfg, runtime, init_state, world_size, class_weight=None):
         seen["runtime"] = runtime
         raise StopAfterRuntime
 
