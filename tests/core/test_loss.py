@@ -143,3 +143,10 @@ def test_an_encoder_lr_multiplier_of_zero_freezes_the_encoder_and_the_options_tr
     assert enc and head
     assert all(torch.equal(result.state_dict[k], initial[k]) for k in enc)
     assert any(not torch.equal(result.state_dict[k], initial[k]) for k in head)
+
+
+def test_the_loss_options_and_encoder_rate_are_part_of_the_resume_fingerprint():
+    base = TrainConfig.from_params({"iterations": 1})
+    for change in ({"encoder_lr_mult": 0.1}, {"class_weight": "balanced"}, {"ohem_thresh": 0.7}):
+        other = TrainConfig.from_params({"iterations": 1, **change})
+        assert other.fingerprint({}, 1, 1) != base.fingerprint({}, 1, 1), change
