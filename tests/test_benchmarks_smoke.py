@@ -78,7 +78,7 @@ def test_run_all_quick_loader_and_train(tmp_path: Path) -> None:
 
 
 def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: Path) -> None:
-    """The command behind the README's rs8 table: a two-stage and a stage-1-only configuration."""
+    """The command behind the README's rs8 table: conf/rs8 as shipped and a stage-1-only configuration."""
     root = write_synthetic_tiles(tmp_path / "tiles", n_train=12, n_test=4, size=64)
     cmd = [
         sys.executable,
@@ -94,13 +94,17 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
     assert proc.returncode == 0, proc.stderr[-4000:]
     recipe, stage1_only = json.loads(proc.stdout)["results"]
 
+    # conf/rs8's stage 2 trains nothing (iterations: 0, stride 16): it scores stage 1's model and passes it
+    # on, so the stage-2 submission is stage 1's, score for score.
     assert (
         recipe["returncode"] == 0
         and recipe["stage1"]["iterations"] == 4
-        and recipe["stage2"]["iterations"] == 2
+        and recipe["stage2"]["iterations"] == 0
+        and recipe["stage2"]["train_seconds"] == 0
     )
+    assert recipe["stage2"]["val_mIoU"] == recipe["stage1"]["val_mIoU"]
     assert recipe["test"]["tiles_scored"] == 4 and 0 <= recipe["test"]["mIoU"] <= 1
-    assert recipe["stage1_checkpoint_test"]["tiles_scored"] == 4
+    assert recipe["stage1_checkpoint_test"] == recipe["test"]
     assert recipe["train_seconds"] > 0 and recipe["peak_memory_mb"]["tree_pss_sampled"] > 100
     assert recipe["command"].startswith("kedro run --env rs8 --params ")
 

@@ -143,6 +143,31 @@ def test_same_seed_gives_the_same_weights(manifests, tmp_path):
     assert a.metrics == b.metrics
 
 
+def test_zero_iterations_scores_the_starting_model_and_passes_it_on_unchanged(manifests, tmp_path, caplog):
+    """conf/rs8's stage 2 runs with ``iterations: 0`` at stride 16: stage 1's model goes on untrained."""
+    train_m, val_m = manifests
+    first = train(MODEL, config(tmp_path / "a", iterations=4), train_m, val_m, ClassTable.naic())
+    logged = []
+    with caplog.at_level(logging.INFO):
+        passed = train(
+            MODEL,
+            config(tmp_path / "b", iterations=0),
+            train_m,
+            val_m,
+            ClassTable.naic(),
+            init_state=first.state_dict,
+            log_fn=lambda m, s: logged.append((s, m)),
+        )
+    assert "iterations: 0, so no training" in caplog.text
+    assert all(torch.equal(first.state_dict[k], passed.state_dict[k]) for k in first.state_dict)
+    assert passed.metrics == first.metrics
+    assert passed.iteration == 0 and [h["iteration"] for h in passed.history] == [0]
+    assert passed.train_seconds == 0 and passed.images_per_s == 0
+    assert logged and all("loss" not in m for _, m in logged)  # scored, never trained
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        config(tmp_path, iterations=-1)
+
+
 def test_resume_refuses_a_checkpoint_of_other_settings(manifests, tmp_path):
     train_m, val_m = manifests
     train(MODEL, config(tmp_path, iterations=4), train_m, val_m, ClassTable.naic())

@@ -13,7 +13,7 @@ from naic_seg.core.training.loss import check_ohem
 class TrainConfig:
     """One stage's recipe. Defaults are the reference's; ``auto`` switches follow the runtime policy."""
 
-    iterations: int
+    iterations: int  # 0: no training; the starting model (e.g. stage 1's) is scored and passed on as it is
     batch_size: int = 4  # per device; the reference ran 4 GPUs x 4 images
     lr: float = 0.01
     min_lr: float = 1e-4
@@ -51,8 +51,11 @@ class TrainConfig:
         cfg = cls(**params)
         if cfg.amp not in AMP_CHOICES:
             raise ValueError(f"amp must be one of auto, none, bf16, fp16; got {cfg.amp!r}")
-        if cfg.iterations < 1 or cfg.batch_size < 1:
-            raise ValueError("iterations and batch_size must be positive")
+        if cfg.iterations < 0 or cfg.batch_size < 1:
+            raise ValueError(
+                "iterations must be >= 0 (0: no training, the starting model is scored and passed on) "
+                "and batch_size positive"
+            )
         if cfg.encoder_lr_mult < 0:
             raise ValueError(f"encoder_lr_mult must be >= 0, got {cfg.encoder_lr_mult}")
         check_ohem(cfg.ohem_thresh, cfg.ohem_min_kept)

@@ -222,8 +222,15 @@ def train(
     resume = ResumeFile(cfg.work_dir, cfg.fingerprint(model_config, len(train_manifest), world_size))
     evals = _Evaluations(stage, val_manifest, classes, log_fn if main else None, rank, world_size)
     start, evals.history, evals.best = resume.restore(stage, cfg.resume, announce=main)
+    if cfg.iterations == 0 and main:
+        log.info("iterations: 0, so no training: the starting model is scored on the hold-out and passed on")
     stage.wrap(world_size)
-    batches = _batches(train_manifest, classes, cfg, runtime, start, rank, world_size)
+    # No loader (and no worker processes) when there is nothing left to train.
+    batches = (
+        _batches(train_manifest, classes, cfg, runtime, start, rank, world_size)
+        if cfg.iterations > start
+        else iter(())
+    )
     window = LogWindow(runtime.device, cfg.batch_size * world_size)
     progress = Progress(cfg.iterations, start, enabled=main)
     nonfinite = torch.zeros((), dtype=torch.bool, device=runtime.device)
