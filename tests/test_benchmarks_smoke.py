@@ -150,3 +150,51 @@ def test_rs8_sweep_holdout_only_never_submits_and_time_matches_input_sizes() -> 
     _, params = sweep["config_params"]("stage1-only-lite", "short", rs8, True)
     assert params["train_stage1.train.iterations"] == round(400 + sweep["LITE_STAGE2_COST"] * 100) == 780
     assert not any(k.startswith("@") for k in params)
+
+
+def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_scenes(
+    tmp_path: Path,
+) -> None:
+    """The README's scene-mapping figures: the memory rows map at ``--overlap`` (0.5 here: four windows
+    over most pixels), and the quality summary pools the placed scenes apart from the mosaic and full_*."""
+    import numpy as np
+    import rasterio
+
+    from naic_seg.core.checkpoint import make_checkpoint, save_checkpoint
+    from naic_seg.core.labels import ClassTable
+    from naic_seg.core.models import build_model
+
+    bench = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "bench_scenes.py"))
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    for i, name in enumerate(("rs8test_a", "rs8test_gid_mosaic", "full_b")):
+        scene = bench["write_synthetic_scene"](scenes / f"{name}.tif", 128, seed=i)
+        with rasterio.open(scene) as src:
+            profile = {**src.profile, "count": 1, "dtype": "uint16"}
+        codes = (np.arange(128)[None, :] // (16 + 8 * i) % 8 + 1) * 100 + np.zeros((128, 1), dtype=np.int64)
+        with rasterio.open(scenes / f"{name}_label.tif", "w", **profile) as dst:
+            dst.write(codes.astype(np.uint16)[None])
+    model = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
+    torch_state = build_model(**model).state_dict()
+    ckpt = tmp_path / "ckpt.pt"
+    preprocess = {"input_size": 32, "tile_size": 64}
+    save_checkpoint(
+        make_checkpoint(model, torch_state, 1, {}, ClassTable.naic().as_config(), "s", preprocess), ckpt
+    )
+
+    doc = bench["main"](
+        ["--quick", "--skip-throughput", "--overlap", "0.5", "--checkpoint", str(ckpt),
+         "--scenes", str(scenes), "--tile", "64", "--tmp", str(tmp_path)]
+    )  # fmt: skip
+    memory = doc["memory"]
+    assert memory["overlap"] == 0.5 and all(r["status"] == 0 for r in memory["rows"])
+    per_axis = {side: -(-(side - 128) // 64) + 1 for side in (300, 900)}  # window 128, stride 64
+    assert [r["windows"] for r in memory["rows"]] == [per_axis[300] ** 2, per_axis[900] ** 2]
+
+    quality = doc["quality"]
+    assert quality["overlap"] == 0.5 and quality["window"] == 64
+    assert set(quality["scenes"]) == {"rs8test_a", "rs8test_gid_mosaic", "full_b"}
+    a = quality["scenes"]["rs8test_a"]
+    placed = quality["summary"]["placed"]  # one placed scene: its pooled scores are the scene's
+    assert all(placed[k] == a[k] for k in placed)
+    assert quality["summary"]["headline"] != placed  # the mosaic counts in the headline, not in placed
