@@ -163,6 +163,12 @@ CONFIGS["lite0-192-batch16"] = (
     {**CONFIGS["lite0-192"][1], **_both("train.batch_size", 16)},
     True,
 )
+for _lite in ("lite1", "lite2"):
+    CONFIGS[f"{_lite}-192"] = (
+        f"lite0-192 with ImageNet EfficientNet-{_lite.capitalize()} (same iterations, so more time)",
+        {**CONFIGS["lite0-192"][1], f"{S1}.model.encoder": f"tu-tf_efficientnet_{_lite}"},
+        True,
+    )
 CONFIGS["lite0-192-2stage"] = (
     "lite0-192's training time split into stride 16 then stride 8 (the two-stage recipe)",
     CONFIGS["lite0-192"][1],
