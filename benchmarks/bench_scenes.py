@@ -295,8 +295,8 @@ def bench_quality(args, work: Path) -> dict:
     )  # fmt: skip
     scenes, _ = split_scene_files(args.scenes.iterdir())
     per_scene = {}
-    groups_ = ("headline", "placed", "all")
-    totals = {g: [np.zeros((8, 8)) for _ in range(3)] for g in groups_}  # blended, tiled, shifted
+    # blended, tiled, shifted confusion matrices per group of scenes
+    totals = {g: [np.zeros((8, 8)) for _ in range(3)] for g in ("headline", "placed", "all")}
     for scene in scenes:
         label = label_path_for(scene)
         if label is None:

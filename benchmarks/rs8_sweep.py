@@ -53,12 +53,9 @@ S1, S2 = "train_stage1", "train_stage2"
 # 400 + 100 iterations of batch 8 (the settings of the sweep that chose conf/rs8's batch 16).
 # Stage 2 (stride 8) costs about 2.2x a stage-1 iteration at conf/rs8's batch and size (measured on 2 CPUs:
 # 24.7 vs 11.1 img/s), so a stage-1-only run given s1 + 2.2 * s2 iterations spends the same training time.
+# "full" 0s: conf/rs8's iterations (or the row's @full_iterations) and batch.
 BUDGETS: dict[str, dict[str, int]] = {
-    "full": {
-        "s1": 0,
-        "s2": 0,
-        "batch": 0,
-    },  # 0: conf/rs8's iterations (or the row's @full_iterations) and batch
+    "full": {"s1": 0, "s2": 0, "batch": 0},
     "short": {"s1": 400, "s2": 100, "batch": 8},
     "smoke": {"s1": 4, "s2": 2, "batch": 4},  # the test of this script
 }
@@ -257,7 +254,7 @@ def config_params(name: str, budget: str, rs8: Path, holdout_only: bool = False)
     batch = BUDGETS[budget]["batch"]
     params = {"data_root": str(rs8), **(_both("train.batch_size", batch) if batch else {}), **overrides}
     params[f"{S1}.train.iterations"] = max(1, round(s1 * factor))
-    params[f"{S2}.train.iterations"] = round(s2 * factor) if s2 == 0 else max(1, round(s2 * factor))
+    params[f"{S2}.train.iterations"] = max(min(s2, 1), round(s2 * factor))  # 0 stays 0: pass-through
     args = ["--env", "rs8"]
     pipelines = ["data_prep", "train_stage1", "train_stage2", "submit"]
     if stage1_only:

@@ -160,9 +160,7 @@ def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_
     import numpy as np
     import rasterio
 
-    from naic_seg.core.checkpoint import make_checkpoint, save_checkpoint
-    from naic_seg.core.labels import ClassTable
-    from naic_seg.core.models import build_model
+    from tests.pipelines.test_map_scenes import random_checkpoint
 
     bench = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "bench_scenes.py"))
     scenes = tmp_path / "scenes"
@@ -174,13 +172,7 @@ def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_
         codes = (np.arange(128)[None, :] // (16 + 8 * i) % 8 + 1) * 100 + np.zeros((128, 1), dtype=np.int64)
         with rasterio.open(scenes / f"{name}_label.tif", "w", **profile) as dst:
             dst.write(codes.astype(np.uint16)[None])
-    model = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
-    torch_state = build_model(**model).state_dict()
-    ckpt = tmp_path / "ckpt.pt"
-    preprocess = {"input_size": 32, "tile_size": 64}
-    save_checkpoint(
-        make_checkpoint(model, torch_state, 1, {}, ClassTable.naic().as_config(), "s", preprocess), ckpt
-    )
+    ckpt = random_checkpoint(tmp_path / "ckpt.pt", input_size=32, tile_size=64)
 
     doc = bench["main"](
         ["--quick", "--skip-throughput", "--overlap", "0.5", "--checkpoint", str(ckpt),
