@@ -189,3 +189,18 @@ def test_rs8_model_maps_the_shared_scenes(kedro_runner, rs8_root, scenes_root):
     assert report["overall"]["mIoU"] > baseline_miou + 0.05, (report["overall"]["mIoU"], baseline_miou)
     _, runs = mlflow_runs(project)
     assert "map.rs8test_gid_mosaic.mIoU" in runs[0].data.metrics
+
+
+def test_the_scene_parameters_users_set_reach_the_mapper():
+    """The README's quality setting `--params map_scenes.overlap=0.5` (and every other scene key in
+    conf/base) reaches SceneOptions: windows half a window apart."""
+    import yaml
+
+    from naic_seg.pipelines.map_scenes.nodes import SCENE_KEYS, _scene_options
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_map_scenes.yml"
+    params = yaml.safe_load(conf.read_text())["map_scenes"]
+    assert set(SCENE_KEYS) <= set(params), "every scene key has a documented default"
+    opts = _scene_options({**params, "overlap": 0.5, "nodata_fill": "mean", "bands": [3, 2, 1]}, window=256)
+    assert opts.overlap == 0.5 and opts.stride == 128
+    assert opts.nodata_fill == "mean" and opts.bands == (3, 2, 1)
