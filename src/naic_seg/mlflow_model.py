@@ -6,9 +6,12 @@ training pipeline it is bound to runs, and binds the inference pipeline's catalo
 here ``train_stage2`` alone must log a model, and prediction is a plain library call
 (:class:`naic_seg.core.predict.Predictor`) that needs no Kedro at serving time.
 
-The model also carries the network as ONNX (artifact ``onnx``: input ``image`` float32 1 x 3 x S x S,
+The model also carries the network as ONNX (artifact ``onnx``: input ``image`` float32 N x 3 x S x S,
 normalised as ``metadata["normalization"]`` says, output ``logits``; see :mod:`naic_seg.core.export`), checked
-against PyTorch when it is logged.
+against PyTorch when it is logged; with ``flip_scale`` TTA or an ensemble, one more graph per scaled size and
+per checkpoint (``onnx_<checkpoint>_<h>x<w>``). The ``engine`` it was logged with (``model_export.engine``:
+auto, torch or onnxruntime) runs it when served: onnxruntime runs those graphs and never builds the PyTorch
+networks; auto times both engines on one image when the model is loaded and keeps the faster.
 
 Input (a pandas DataFrame, one row per image): column ``image``, the base64 text of a PNG or TIFF file of an
 RGB (or grey / RGBA, converted) 8-bit image of any size. Output, one row per image: ``class_map``, the base64
@@ -24,6 +27,7 @@ import base64
 import io
 import json
 import logging
+import shutil
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
@@ -36,14 +40,24 @@ from PIL import Image
 
 from naic_seg.core.checkpoint import load_checkpoint, save_checkpoint
 from naic_seg.core.data import resize_image
+from naic_seg.core.export import cached_onnx, check_onnx, input_size
 from naic_seg.core.labels import PALETTE, ClassTable
-from naic_seg.core.predict import PredictConfig, Predictor, checkpoint_normalization, class_map
+from naic_seg.core.predict import PredictConfig, Predictor, checkpoint_normalization, class_map, view_sizes
 
 log = logging.getLogger(__name__)
 
 OUTPUT_VALUES = ("naic", "index")
 # What a consumer's environment needs: the network and its preprocessing, not Kedro or MLflow's server.
-REQUIREMENTS = ("torch", "torchvision", "segmentation-models-pytorch", "timm", "numpy", "pillow", "pandas")
+REQUIREMENTS = (
+    "torch",
+    "torchvision",
+    "segmentation-models-pytorch",
+    "timm",
+    "numpy",
+    "pillow",
+    "pandas",
+    "onnxruntime",
+)
 
 
 def encode_image(array: np.ndarray) -> str:
@@ -75,8 +89,12 @@ class SegmentationModel(mlflow.pyfunc.PythonModel):
             if key.startswith("checkpoint_")
         ]
         self.classes = ClassTable.from_config(checkpoints[0]["classes"])
-        cfg = PredictConfig(**options, workers=0, device="cpu" if not torch.cuda.is_available() else "auto")
-        self.predictor = Predictor.from_checkpoints(checkpoints, cfg, self.classes)
+        options.setdefault("engine", "torch")  # what models logged before the engine option ran
+        device = "cpu" if not torch.cuda.is_available() else "auto"
+        # One image per call, so auto times the engines on batches of one.
+        cfg = PredictConfig(**options, workers=0, batch_size=1, device=device)
+        graphs = logged_graphs(context.artifacts, checkpoints)
+        self.predictor = Predictor.from_checkpoints(checkpoints, cfg, self.classes, graphs)
 
     def predict(self, context, model_input, params=None):
         rows = []
@@ -119,7 +137,8 @@ def log_model(
     output_values = options.get("output_values", "naic")
     if output_values not in OUTPUT_VALUES:
         raise ValueError(f"output_values must be one of {OUTPUT_VALUES}, got {output_values!r}")
-    predict_options = {"tta": options.get("tta", "none"), "output_values": output_values}
+    engine = options.get("engine", "auto")
+    predict_options = {"tta": options.get("tta", "none"), "output_values": output_values, "engine": engine}
     example_tile = np.zeros((64, 64, 3), dtype=np.uint8)
     example_tile[:, 32:] = (40, 120, 60)
     example = pd.DataFrame({"image": [encode_image(example_tile)]})
@@ -129,9 +148,8 @@ def log_model(
         for i, ckpt in enumerate(checkpoints):
             artifacts[f"checkpoint_{i}"] = str(Path(tmp) / f"checkpoint_{i}.pt")
             save_checkpoint(ckpt, artifacts[f"checkpoint_{i}"])
-        if options.get("onnx", True):
-            artifacts["onnx"] = str(Path(tmp) / "model.onnx")
-            export_checked_onnx(checkpoints[0], artifacts["onnx"], example_tile)
+        if options.get("onnx", True) or engine != "torch":
+            artifacts |= onnx_artifacts(checkpoints, predict_options["tta"], example_tile, Path(tmp))
         probe = SegmentationModel()  # the output example comes from the very code that will serve
         probe.load_context(type("Context", (), {"artifacts": artifacts})())
         output = probe.predict(None, example)
@@ -148,17 +166,38 @@ def log_model(
         )
 
 
-def export_checked_onnx(checkpoint: dict, path: str, tile: np.ndarray) -> None:
-    """The network as ONNX at its input size, checked against PyTorch on ``tile`` resized to that size."""
-    from naic_seg.core.export import check_onnx, export_onnx, input_size
+def _artifact_key(index: int, size: tuple[int, int], main: tuple[int, int]) -> str:
+    return "onnx" if (index, size) == (0, main) else f"onnx_{index}_{size[0]}x{size[1]}"
 
-    export_onnx(checkpoint, path)
-    small = resize_image(tile, input_size(checkpoint))
-    log.info(
-        "ONNX export %s: max |ONNX - PyTorch| %.2e",
-        path,
-        check_onnx(checkpoint, path, small.transpose(2, 0, 1)[None]),
-    )
+
+def onnx_artifacts(checkpoints: list[dict], tta: str, tile: np.ndarray, folder: Path) -> dict[str, str]:
+    """Every graph the served ONNX Runtime engine needs (each checkpoint at each size the TTA views feed),
+    copied from the run's cache into ``folder`` (the main one as ``model.onnx``) and checked against PyTorch
+    on ``tile`` resized to its size."""
+    side = input_size(checkpoints[0])
+    main = (side, side)
+    artifacts = {}
+    for i, ckpt in enumerate(checkpoints):
+        for size in view_sizes(PredictConfig(tta=tta), main):
+            key = _artifact_key(i, size, main)
+            artifacts[key] = str(folder / ("model.onnx" if key == "onnx" else f"{key}.onnx"))
+            shutil.copyfile(cached_onnx(ckpt, size), artifacts[key])
+    small = resize_image(tile, side)
+    diff = check_onnx(checkpoints[0], artifacts["onnx"], small.transpose(2, 0, 1)[None])
+    log.info("ONNX graph %s: max |ONNX - PyTorch| %.2e", artifacts["onnx"], diff)
+    return artifacts
+
+
+def logged_graphs(artifacts: dict, checkpoints: list[dict]):
+    """The ONNX graphs a logged model carries; a size it lacks is exported from its checkpoint."""
+    side = checkpoints[0].get("preprocess", {}).get("input_size")
+    main = (side, side)
+
+    def graph(index: int, size: tuple[int, int]) -> Path:
+        key = _artifact_key(index, tuple(size), main)
+        return Path(artifacts[key]) if key in artifacts else cached_onnx(checkpoints[index], size)
+
+    return graph
 
 
 def tag_registered_version(name: str, number: str | int, scores: dict, description: str) -> None:

@@ -1,13 +1,20 @@
-"""ONNX export of a checkpoint's network (eval mode, logits only) and a check against PyTorch.
+"""ONNX export of a checkpoint's network (eval mode, logits only), a check against PyTorch, and the cache of
+exported graphs the ONNX Runtime engine (:mod:`naic_seg.core.engines`) runs.
 
 The input size is static: PSPNet's pyramid pooling (adaptive average pooling to 1/2/3/6 bins) exports to
-ONNX only for a fixed feature-map size, so the graph is traced at the checkpoint's ``input_size``. Callers
-resize tiles to that size and normalise them as the checkpoint's ``preprocess.normalization`` says
-(``(x / 255 - mean) / std``) themselves.
+ONNX only for a fixed feature-map size, so a graph is traced at one ``input_size`` (one graph per size).
+The batch axis is dynamic: the engine feeds whole batches (measured: as fast per image as a fixed-batch
+graph fed one image at a time at batch 1, and faster at batch 8). Callers resize tiles to that size and
+normalise them as the checkpoint's ``preprocess.normalization`` says (``(x / 255 - mean) / std``) themselves.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +22,10 @@ import torch
 
 from naic_seg.core.atomic import atomic_path
 from naic_seg.core.data import Normalizer
-from naic_seg.core.models import build_model
-from naic_seg.core.predict import checkpoint_normalization
+from naic_seg.core.predict import checkpoint_normalization, load_models
+from naic_seg.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 OPSET = 18  # the dynamo exporter's lowest supported opset; onnxruntime >= 1.14 runs it
 ATOL = 1e-3  # float32 logits: ONNX Runtime's fused kernels differ from PyTorch's in the last bits
@@ -35,10 +44,9 @@ class _Logits(torch.nn.Module):
 
 
 def network(checkpoint: dict) -> torch.nn.Module:
-    """The checkpoint's network in eval mode on the CPU, returning logits."""
-    config = {k: v for k, v in checkpoint["model"].items() if k != "pretrained"}
-    model = build_model(**config, pretrained=None)
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    """The checkpoint's network in eval mode on the CPU, float32, returning logits (a misfit raises
+    :class:`~naic_seg.core.checkpoint.CheckpointError` naming the checkpoint)."""
+    (model,) = load_models([checkpoint], Runtime(torch.device("cpu"), None, False))
     return _Logits(model).eval()
 
 
@@ -49,12 +57,16 @@ def input_size(checkpoint: dict, size: int | None = None) -> int:
     return int(size)
 
 
-def export_onnx(checkpoint: dict, path: str | Path, size: int | None = None) -> Path:
-    """Write ``path``: input ``image`` float32 1 x 3 x S x S (normalised), output ``logits`` 1 x C x S x S;
-    every axis static (one tile per call, the simplest graph for other runtimes)."""
-    size = input_size(checkpoint, size)
+def export_onnx(
+    checkpoint: dict, path: str | Path, size: int | tuple[int, int] | None = None, dynamic_batch: bool = True
+) -> Path:
+    """Write ``path``: input ``image`` float32 N x 3 x H x W (normalised), output ``logits`` N x C x H x W;
+    H x W static (``size``, default the checkpoint's input size), N dynamic unless ``dynamic_batch`` is off
+    (then 1)."""
+    height, width = _size_pair(checkpoint, size)
     model = network(checkpoint)
-    dummy = torch.zeros(1, 3, size, size)
+    dummy = torch.zeros(2 if dynamic_batch else 1, 3, height, width)
+    batch = {"dynamic_shapes": ({0: torch.export.Dim("batch", min=1, max=4096)},)} if dynamic_batch else {}
     with atomic_path(path) as tmp, torch.no_grad():
         # The dynamo exporter: the TorchScript one (dynamo=False) refuses adaptive_avg_pool2d whenever the
         # pyramid's bins (1, 2, 3, 6) do not divide the feature map (e.g. 4 x 4 at 64 px, stride 16),
@@ -67,9 +79,76 @@ def export_onnx(checkpoint: dict, path: str | Path, size: int | None = None) -> 
             opset_version=OPSET,
             dynamo=True,
             verbose=False,
+            **batch,
         )
         program.save(str(tmp))
     return Path(path)
+
+
+def _size_pair(checkpoint: dict, size: int | tuple[int, int] | None) -> tuple[int, int]:
+    if isinstance(size, tuple | list):
+        return int(size[0]), int(size[1])
+    side = input_size(checkpoint, size)
+    return side, side
+
+
+def export_settings(size: tuple[int, int]) -> dict:
+    """What, besides the weights, decides the exported graph: a change to any of it rebuilds the cache."""
+    return {
+        "size": list(size),
+        "opset": OPSET,
+        "dynamic_batch": True,
+        "exporter": "dynamo",
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+def checkpoint_key(checkpoint: dict, settings: dict) -> str:
+    """A digest of the checkpoint's network (configuration and every weight's bytes) and export settings."""
+    digest = hashlib.sha256()
+    config = {k: v for k, v in checkpoint["model"].items() if k != "pretrained"}
+    digest.update(json.dumps([config, settings], sort_keys=True).encode())
+    for name, tensor in sorted(checkpoint["state_dict"].items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def cache_folder(checkpoint: dict) -> Path:
+    """``onnx/`` beside the checkpoint's file; for a checkpoint that has none, one in the temp folder."""
+    source = checkpoint.get("source")
+    if source and Path(source).is_file():
+        return Path(source).parent / "onnx"
+    return Path(tempfile.gettempdir()) / "naic_seg_onnx"
+
+
+def cached_onnx(checkpoint: dict, size: int | tuple[int, int] | None = None) -> Path:
+    """The checkpoint's graph at ``size`` (dynamic batch), exported once and reused while the weights and
+    the export settings stay the same; a graph of the same checkpoint name and size built from other
+    weights or settings is replaced."""
+    height, width = _size_pair(checkpoint, size)
+    settings = export_settings((height, width))
+    key = checkpoint_key(checkpoint, settings)[:16]
+    stem = Path(checkpoint.get("source") or "checkpoint").stem
+    folder = cache_folder(checkpoint)
+    path = folder / f"{stem}.{height}x{width}.{key}.onnx"
+    if path.is_file():
+        log.info("ONNX graph %s reused (same weights and export settings)", path)
+        return path
+    started = time.perf_counter()
+    try:
+        export_onnx(checkpoint, path, (height, width))
+    except OSError as err:  # a read-only folder (a shared checkpoint, a served model's artifacts)
+        temp = Path(tempfile.gettempdir()) / "naic_seg_onnx" / path.name
+        log.info("cannot write the ONNX cache beside the checkpoint (%s): using %s", err, temp.parent)
+        if not temp.is_file():
+            export_onnx(checkpoint, temp, (height, width))
+        return temp
+    for stale in folder.glob(f"{stem}.{height}x{width}.*.onnx"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    log.info("ONNX graph %s exported in %.1f s", path, time.perf_counter() - started)
+    return path
 
 
 def check_onnx(

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from naic_seg.core.checkpoint import CheckpointError, check_classes
 from naic_seg.core.data import ManifestDataset, check_manifest_files
+from naic_seg.core.engines import ENGINES, Engine, GraphSource, build_engine, torch_engine
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model, input_normalization
 from naic_seg.core.runtime import Runtime
@@ -45,8 +46,11 @@ class PredictConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool | str = "auto"
+    engine: str = "auto"  # auto (measured) | torch | onnxruntime: see naic_seg.core.engines
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         if self.tta not in TTA_MODES:
             raise ValueError(f"tta must be one of {TTA_MODES}, got {self.tta!r}")
         if self.mode not in ("resize", "slide", "auto"):
@@ -89,13 +93,21 @@ def tta_views(mode: str, scales: Sequence[float]) -> list[tuple[float, tuple[int
     return [(s, f) for s in use_scales for f in flips]
 
 
+def view_sizes(cfg: PredictConfig, size: tuple[int, int]) -> list[tuple[int, int]]:
+    """The input sizes the networks see for inputs of ``size`` under ``cfg``'s TTA (a scaled view is
+    ``floor(side x scale)``, as ``F.interpolate`` computes it)."""
+    scales = sorted({scale for scale, _ in tta_views(cfg.tta, cfg.tta_scales)})
+    return [(math.floor(size[0] * s), math.floor(size[1] * s)) for s in scales]
+
+
 def _resize(x: torch.Tensor, size, antialias: bool = False) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
 
 
 class Predictor:
-    """Logits averaged over models and TTA views, under one :class:`Runtime`.
+    """Logits averaged over models and TTA views, run by one :class:`~naic_seg.core.engines.Engine`.
 
+    ``models`` are PyTorch networks run under ``runtime`` (the torch engine), unless ``engine`` is given.
     ``input_size`` is the side the models take (tiles and windows are resized to it and their logits back);
     ``tile_size`` the side of the tiles the models were trained on (None when unknown), which is the scale a
     scene should be seen at.
@@ -110,9 +122,12 @@ class Predictor:
         runtime: Runtime | None = None,
         tile_size: int | None = None,
         normalization: dict | None = None,
+        engine: Engine | None = None,
     ):
-        self.models, self.cfg, self.classes = list(models), cfg, classes
-        self.runtime = runtime or Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
+        self.cfg, self.classes = cfg, classes
+        if engine is None:
+            engine = torch_engine(models, runtime or Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last))
+        self.engine, self.runtime = engine, engine.runtime
         self.input_size, self.num_classes, self.tile_size = input_size, classes.num_classes, tile_size
         self.views = tta_views(cfg.tta, cfg.tta_scales)
         self.normalization = normalization
@@ -120,20 +135,30 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(
-        cls, checkpoints: Sequence[dict], cfg: PredictConfig, classes: ClassTable
+        cls,
+        checkpoints: Sequence[dict],
+        cfg: PredictConfig,
+        classes: ClassTable,
+        graphs: GraphSource | None = None,
     ) -> Predictor:
-        """Models built and checked now: a misfit or another class table raises here."""
+        """Models built and checked now: a misfit or another class table raises here. The engine is chosen
+        now too (``cfg.engine``; auto times the candidates on a batch of ``cfg.batch_size`` at the input
+        size); ``graphs`` gives ready ONNX graphs (default: exported from the checkpoints, cached)."""
         if not checkpoints:
             raise ValueError("no checkpoint to predict with")
         for ckpt in checkpoints:
             check_classes(ckpt, classes)
         runtime = Runtime.resolve(cfg.device, cfg.amp, cfg.channels_last)
-        log.info("Prediction runtime: %s", runtime.describe())
         preprocess = checkpoints[0].get("preprocess", {})
         input_size = cfg.input_size or preprocess.get("input_size")
-        models = load_models(checkpoints, runtime)
         normalization = checkpoint_normalization(checkpoints)
-        return cls(models, cfg, input_size, classes, runtime, preprocess.get("tile_size"), normalization)
+        shape = (cfg.batch_size, 3, input_size, input_size) if input_size else None
+        engine = build_engine(
+            cfg.engine, checkpoints, runtime, shape, lambda: load_models(checkpoints, runtime), graphs
+        )
+        log.info("Prediction engine: %s; inputs: %s", engine.describe(), engine.runtime.describe())
+        tile_size = preprocess.get("tile_size")
+        return cls([], cfg, input_size, classes, engine.runtime, tile_size, normalization, engine)
 
     @property
     def device(self) -> torch.device:
@@ -150,17 +175,14 @@ class Predictor:
                 x = F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False)
             if dims:
                 x = x.flip(dims)
-            if self.runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            for model in self.models:
-                with self.runtime.autocast():
-                    out = model(x).float()
+            for network in self.engine.networks:
+                out = network(x)
                 if dims:
                     out = out.flip(dims)
                 if out.shape[-2:] != size:
                     out = _resize(out, size)
                 total += out
-        return total / (len(self.views) * len(self.models))
+        return total / (len(self.views) * len(self.engine.networks))
 
     def resized_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of normalised images of any size: resized to the input size and the logits back. Images are

@@ -22,10 +22,11 @@ from naic_seg.core.scenes import (
     score_map,
 )
 from naic_seg.datasets.scenes import SceneListing
+from naic_seg.tracking import log_params
 
 log = logging.getLogger(__name__)
 
-PREDICT_KEYS = ("tta", "tta_scales", "input_size", "batch_size", "device", "amp", "channels_last")
+PREDICT_KEYS = ("tta", "tta_scales", "input_size", "batch_size", "device", "amp", "channels_last", "engine")
 SCENE_KEYS = ("overlap", "batch_size", "bands", "scaling", "output_values", "nodata_fill")
 
 
@@ -52,6 +53,7 @@ def map_scenes(
     checkpoints = select_checkpoints(options.get("checkpoints", ["stage2"]), available)
     cfg = PredictConfig(**{k: options[k] for k in PREDICT_KEYS if k in options})
     predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
+    log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
     # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
+from naic_seg.core.data import check_manifest_files
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.predict import PredictConfig, predict_manifest
+from naic_seg.core.predict import PredictConfig, Predictor, predict_tiles
 from naic_seg.core.submission import (
     LABEL_SUFFIXES,
     expected_entries,
@@ -17,6 +18,7 @@ from naic_seg.core.submission import (
 )
 from naic_seg.core.tiles import TileListing
 from naic_seg.datasets.submission import Submission, SubmissionZip
+from naic_seg.tracking import log_params
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,11 @@ def predict_test_tiles(
     checkpoints = select_checkpoints(options.pop("checkpoints", ["stage2"]), available)
     sources = ", ".join(str(c.get("source", c.get("stage"))) for c in checkpoints)
     log.info("Predicting %d test tiles with %s", len(test_manifest), sources)
+    check_manifest_files(test_manifest)
     table = ClassTable.from_config(classes)
-    return prediction_records(predict_manifest(test_manifest, checkpoints, PredictConfig(**options), table))
+    predictor = Predictor.from_checkpoints(checkpoints, PredictConfig(**options), table)
+    log_params({"submit.engine_used": predictor.engine.describe()[:500]})
+    return prediction_records(predict_tiles(test_manifest, predictor))
 
 
 def make_submission(predictions, test_manifest: list[dict], classes: list[dict]) -> Submission:
