@@ -190,3 +190,34 @@ def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_
     placed = quality["summary"]["placed"]  # one placed scene: its pooled scores are the scene's
     assert all(placed[k] == a[k] for k in placed)
     assert quality["summary"]["headline"] != placed  # the mosaic counts in the headline, not in placed
+
+
+def test_bench_engines_measures_every_section_on_a_tiny_model(tmp_path: Path, capsys) -> None:
+    """Every section of benchmarks/bench_engines.py on a tiny checkpoint, synthetic tiles and scene."""
+    from benchmarks.bench_engines import main
+    from naic_seg.core.checkpoint import save_checkpoint
+    from tests.core.test_export import tiny_checkpoint
+    from tests.core.test_scenes import random_scene, write_scene
+
+    root = write_synthetic_tiles(tmp_path / "tiles", n_train=2, n_test=3, size=64)
+    ckpt = tiny_checkpoint(64) | {"preprocess": {"input_size": 64, "tile_size": 64}}
+    save_checkpoint(ckpt, tmp_path / "c.pt")
+    scene = write_scene(tmp_path / "scene.tif", random_scene(150, 140))
+    args = ["--rs8", str(root), "--checkpoint", str(tmp_path / "c.pt"), "--scene", str(scene)]
+    doc = main([*args, "--models", "--min-seconds", "0", "--workers", "0", "--submit-repeat", "1"])
+    assert json.loads(capsys.readouterr().out) == doc
+
+    forward = doc["forward"]["checkpoint"]
+    assert {"torch float32", "onnxruntime float32", "onnxruntime float32, static batch 1"} <= forward.keys()
+    assert all(_positive(row[f"batch{b}"]) for row in forward.values() for b in (1, 8))
+    for section in ("submit", "scenes"):
+        assert {"torch auto precision", "onnxruntime", "auto"} <= doc[section].keys()
+    assert all(_positive(r["tiles_per_s"]) and _positive(r["ratio"]) for r in doc["submit"].values())
+    assert all(_positive(r["km2_per_h_at_50cm"]) for r in doc["scenes"].values())
+    assert doc["serving"]["onnxruntime"]["engine"].startswith("onnxruntime")
+    assert all(_positive(r["one_tile_ms"]) for r in doc["serving"].values())
+    # float32 torch is "torch float32" where auto runs bf16, else auto's own precision
+    rows = doc["agreement"]
+    float32 = rows.get("torch float32 vs onnxruntime", rows["torch auto precision vs onnxruntime"])
+    assert float32["differing_beyond_1e-3"] == 0 and float32["max_abs_logit_diff"] < 1e-3
+    assert doc["cpu"] and doc["loadavg_end"] is not None

@@ -44,12 +44,12 @@ def _tile(project: Path, rs8_env: bool) -> Path:
     return sorted(folder.iterdir())[0]
 
 
-def _expected(project: Path, tile: Path) -> np.ndarray:
-    """The project's own predict path on the same tile with the same checkpoint, as NAIC values."""
+def _expected(project: Path, tile: Path, engine: str = "torch") -> np.ndarray:
+    """The project's own predict path on the same tile with the same checkpoint and engine, as NAIC values."""
     ckpt = load_checkpoint(_latest(project / "data/06_models/stage2_checkpoint.pt"))
     table = ClassTable.from_config(ckpt["classes"])
     (_, indices), *_ = predict_manifest(
-        [{"filename": str(tile)}], [ckpt], PredictConfig(workers=0, device="cpu"), table
+        [{"filename": str(tile)}], [ckpt], PredictConfig(workers=0, device="cpu", engine=engine), table
     )
     return table.to_value(indices)
 
@@ -71,7 +71,8 @@ def test_the_run_logs_a_pyfunc_model_that_predicts_what_the_project_predicts(dem
     with Image.open(tile) as im:
         assert class_map.shape == (im.height, im.width) == (out["height"][0], out["width"][0])
     assert class_map.dtype == np.uint16 and set(np.unique(class_map)) <= set(range(100, 900, 100))
-    np.testing.assert_array_equal(class_map, _expected(demo_run, tile))
+    engine = model.unwrap_python_model().predictor.engine.name  # model_export.engine: auto chose it
+    np.testing.assert_array_equal(class_map, _expected(demo_run, tile, engine))
 
     meta = model.metadata.metadata
     assert [c["value"] for c in meta["classes"]] == list(range(100, 900, 100))
@@ -91,6 +92,50 @@ def test_the_logged_model_carries_the_network_as_onnx_matching_pytorch(demo_run)
     ckpt = load_checkpoint(_latest(demo_run / "data/06_models/stage2_checkpoint.pt"))
     images = np.random.default_rng(0).integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
     assert check_onnx(ckpt, onnx_file, images) <= 1e-3
+
+
+def _served(local: Path, engine: str, tmp_path: Path, **extra):
+    """The logged model's pyfunc class loaded from its artifacts with ``engine`` (and ``extra``) in its
+    options."""
+    from naic_seg.mlflow_model import SegmentationModel
+
+    artifacts = {p.stem: str(p) for p in (local / "artifacts").iterdir()}
+    artifacts["onnx"] = artifacts.pop("model")
+    options = json.loads(Path(artifacts["options"]).read_text()) | {"engine": engine} | extra
+    artifacts["options"] = str(tmp_path / f"options_{engine}.json")
+    Path(artifacts["options"]).write_text(json.dumps(options))
+    model = SegmentationModel()
+    model.load_context(type("Context", (), {"artifacts": artifacts})())
+    return model
+
+
+def test_the_served_model_on_onnxruntime_runs_the_logged_graph_without_building_the_network(
+    demo_run, tmp_path, monkeypatch
+):
+    import mlflow
+
+    import naic_seg.core.predict
+
+    client = _client(demo_run)
+    (version,) = client.search_model_versions(f"name='{NAME}'")
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version.version}"))
+    assert json.loads((local / "artifacts" / "options.json").read_text())["engine"] == "auto"
+    tile = _tile(demo_run, rs8_env=False)
+    request = pd.DataFrame({"image": [_b64(tile)]})
+    # float32 on both sides (where the CPU runs bf16 natively, torch's auto precision would be bf16)
+    by_torch = decode_image(
+        _served(local, "torch", tmp_path, amp="none").predict(None, request)["class_map"][0]
+    )
+
+    def no_torch_network(*args, **kwargs):
+        raise AssertionError("the onnxruntime engine built a PyTorch network")
+
+    monkeypatch.setattr(naic_seg.core.predict, "load_models", no_torch_network)
+    onnx = _served(local, "onnxruntime", tmp_path)
+    assert onnx.predictor.engine.name == "onnxruntime"
+    by_onnx = decode_image(onnx.predict(None, request)["class_map"][0])
+    assert by_onnx.shape == by_torch.shape
+    assert (by_onnx == by_torch).mean() >= 0.999
 
 
 def test_each_run_registers_a_version_tagged_with_its_hold_out_scores(demo_run):
@@ -149,7 +194,9 @@ def test_mlflow_models_serve_answers_a_posted_tile_with_its_class_map(demo_run):
         with Image.open(tile) as im:
             assert class_map.shape == (im.height, im.width) == (row["height"], row["width"])
         assert class_map.dtype == np.uint16 and set(np.unique(class_map)) <= set(range(100, 900, 100))
-        np.testing.assert_array_equal(class_map, _expected(demo_run, tile))
+        # The served model's engine is auto: chosen by timing inside the server, so it is either one.
+        candidates = [_expected(demo_run, tile, engine) for engine in ("torch", "onnxruntime")]
+        assert any(np.array_equal(class_map, c) for c in candidates)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -116,14 +116,15 @@ def test_a_corrupt_scene_is_named_and_nothing_is_mapped(kedro_runner, tmp_path):
 def test_sigkill_during_mapping_leaves_no_partial_map_then_the_same_command_completes(kedro_runner, tmp_path):
     project = kedro_runner.project
     ckpt = random_checkpoint(tmp_path / "random.pt", input_size=32, tile_size=128)
-    # About 80 windows, one at a time: mapping lasts seconds, long enough to be killed in the middle.
+    # About 80 windows, one at a time on the torch engine: mapping lasts seconds, long enough to be killed in
+    # the middle (ONNX Runtime maps this tiny model's scene faster than the kill lands).
     args = [
         "--env",
         "demo",
         "--pipeline",
         "map_scenes",
         "--params",
-        f"map_scenes.checkpoints={ckpt},map_scenes.batch_size=1,map_scenes.device=cpu",
+        f"map_scenes.checkpoints={ckpt},map_scenes.batch_size=1,map_scenes.device=cpu,map_scenes.engine=torch",
     ]
     maps = project / "data/07_model_output/scene_maps"
     proc = kedro_cli(project, *args)
