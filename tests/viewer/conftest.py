@@ -11,6 +11,7 @@ from a blurred image: an imperfect map that looks like one, for the screenshot.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,3 +159,16 @@ def viewer_data(tmp_path_factory) -> ViewerData:
     write_json(root / "scene_areas.json", areas)
     write_json(root / "scene_scores.json", report)
     return ViewerData(root, maps, scenes, root / "scene_areas.json", root / "scene_scores.json")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """A browser test that could not run says so in one line, loud in CI (where it should have run)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_browser" in r.nodeid]
+    if not skipped:
+        return
+    reason = str(skipped[0].longrepr[-1]) if isinstance(skipped[0].longrepr, tuple) else "see the skips above"
+    line = f"BROWSER TESTS SKIPPED ({len(skipped)}): {reason.removeprefix('Skipped: ')}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        terminalreporter.write_sep("!", line, red=True, bold=True)
+    else:
+        terminalreporter.write_line(line, yellow=True)
