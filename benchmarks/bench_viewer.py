@@ -24,6 +24,7 @@ import argparse
 import http.client
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -214,9 +215,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
+    given = sys.argv[1:] if argv is None else argv
     doc = {
         "benchmark": "viewer",
-        "command": "python benchmarks/bench_viewer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": shlex.join(["python", "benchmarks/bench_viewer.py", *given]),
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
         "loadavg_start": loadavg(),
     }

@@ -149,7 +149,7 @@ def take_the_screenshot(page, path: Path) -> None:
     page.wait_for_selector("#point .class", state="attached")
     page.screenshot(path=str(path))
     if os.environ.get("NAIC_SEG_VIEWER_SCREENSHOT"):
-        shutil.copy(path, os.environ["NAIC_SEG_VIEWER_SCREENSHOT"])
+        Image.open(path).save(os.environ["NAIC_SEG_VIEWER_SCREENSHOT"], optimize=True)
 
 
 def test_the_page_shows_the_map_over_the_imagery_with_legend_slider_and_clicks(page, tmp_path):
