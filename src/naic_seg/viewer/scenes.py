@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,8 +259,7 @@ def _unit(crs: CRS) -> str:
 
 
 def _zooms(path: Path) -> tuple[int, int]:
-    with warnings.catch_warnings(), Reader(str(path)) as src:
-        warnings.simplefilter("ignore")  # rio-tiler warns of maps too small for overviews
+    with Reader(str(path)) as src:
         return int(src.minzoom), int(src.maxzoom)
 
 

@@ -10,7 +10,6 @@ its own reader: rasterio datasets are not shared between the server's threads.
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numpy as np
 from rasterio.transform import rowcol
@@ -58,8 +57,7 @@ class TileRenderer:
         raise TileOutside(f"scene '{name}' has no {layer!r} layer")
 
     def _read(self, path, z: int, x: int, y: int, indexes, resampling: str):
-        with warnings.catch_warnings(), Reader(str(path)) as src:
-            warnings.simplefilter("ignore")  # rio-tiler warns of maps too small for overviews
+        with Reader(str(path)) as src:
             try:
                 return src.tile(
                     x,
@@ -98,8 +96,7 @@ class TileRenderer:
         with self._lock:
             if scene.name not in self._limits:
                 low, high = STRETCH_PERCENTILES
-                with warnings.catch_warnings(), Reader(str(scene.image.path)) as src:
-                    warnings.simplefilter("ignore")
+                with Reader(str(scene.image.path)) as src:
                     stats = src.statistics(indexes=scene.image.bands, percentiles=[low, high])
                 limits = []
                 for band in stats.values():
