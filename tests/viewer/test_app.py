@@ -334,3 +334,28 @@ def test_the_viewer_library_does_not_import_kedro_and_ships_its_static_files():
         for p in package.glob(pattern)
     }
     assert set(static) <= shipped, set(static) - shipped
+
+
+def test_imagery_that_is_not_uint8_is_stretched_between_its_percentiles(viewer_data, tmp_path):
+    """uint16 imagery (IMAGE_COLOURS x 40 + 1000): each band's darkest block goes to 0, its brightest to 255,
+    the order kept; one band is shown in grey."""
+    scenes, maps = tmp_path / "scenes", tmp_path / "maps"
+    scenes.mkdir()
+    maps.mkdir()
+    with rasterio.open(viewer_data.scenes / "blocks.tif") as src:
+        image, profile = src.read(), src.profile
+    wide = np.where(image > 0, image.astype(np.uint16) * 40 + 1000, 0).astype(np.uint16)
+    profile.update(dtype="uint16")
+    for name, data in (("wide", wide), ("grey", wide[:1])):
+        with rasterio.open(scenes / f"{name}.tif", "w", **(profile | {"count": len(data)})) as dst:
+            dst.write(data)
+        (maps / f"{name}.tif").write_bytes((viewer_data.maps / "blocks.tif").read_bytes())
+    client = TestClient(create_app(SceneIndex.build(maps, CLASSES, scenes=scenes)))
+    shown = np.array([rgba_at(client, "wide", "image", *rc, 16) for rc in block_centres().values()])
+    for band in range(3):
+        raw = IMAGE_COLOURS[:, band].astype(int)
+        assert shown[raw.argmin(), band] == 0 and shown[raw.argmax(), band] == 255
+        assert (np.diff(shown[np.argsort(raw, kind="stable"), band].astype(int)) >= 0).all()
+    grey = np.array([rgba_at(client, "grey", "image", *rc, 16) for rc in block_centres().values()])
+    assert (grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all()
+    assert (grey[:, 0] == shown[:, 0]).all() and (grey[:, 3] == 255).all()
