@@ -13,10 +13,12 @@ Sections, in order (``--only`` / ``--skip`` choose among them):
 * ``models``: ``bench_models.py`` (train / inference images/s and peak memory per model);
 * ``loader``: ``bench_loader.py`` (the training DataLoader at 0/1/2 workers against bare decoding);
 * ``train``: ``bench_train.py`` (the engine's steady end-to-end training images/s / compute-only ceiling,
-  plus a GPU section when CUDA is available).
+  plus a GPU section when CUDA is available);
+* ``viewer``: ``bench_viewer.py`` (``kedro view``'s map tile latency at three zoom levels of a 20,000² COG;
+  quick: 2,000²).
 
-data_prep, submit and models run as subprocesses (their own JSON on stdout, progress on stderr, each in a
-fresh process so peak-memory figures are their own); loader and train run in this process (their
+data_prep, submit, models and viewer run as subprocesses (their own JSON on stdout, progress on stderr, each
+in a fresh process so peak-memory figures are their own); loader and train run in this process (their
 progress goes to stderr). Every subprocess runs with a temporary working directory, and the benchmarks
 write only under temporary folders: the project's data/ and mlflow.db are never touched.
 ``--args SECTION="..."`` appends options to a section's command line (later options win).
@@ -47,10 +49,15 @@ else:
     from ._common import add_rs8_argument, loadavg
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ("data_prep", "submit", "models", "loader", "train")
-SUBPROCESS = {"data_prep": "bench_data_prep.py", "submit": "bench_submit.py", "models": "bench_models.py"}
+SECTIONS = ("data_prep", "submit", "models", "loader", "train", "viewer")
+SUBPROCESS = {
+    "data_prep": "bench_data_prep.py",
+    "submit": "bench_submit.py",
+    "models": "bench_models.py",
+    "viewer": "bench_viewer.py",
+}
 USES_RS8 = {"data_prep", "submit", "loader", "train"}
-USES_TMP = {"data_prep", "submit"}
+USES_TMP = {"data_prep", "submit", "viewer"}
 
 FULL: dict[str, list[str]] = {
     "data_prep": ["--sizes", "1000", "10000", "100000"],
@@ -58,6 +65,7 @@ FULL: dict[str, list[str]] = {
     "models": [],  # its defaults: PSPNet and DeepLabV3+, ResNet-50, OS 16 and 8, 512 px, batch 4
     "loader": [],  # its defaults: 512 px, batch 4, workers 0 1 2, infinite sampler
     "train": [],  # its defaults: PSPNet ResNet-18 OS16, 256 px, batch 4, 5 + 20 iterations; GPU section
+    "viewer": [],  # its defaults: a 20,000² class COG, 60 tiles at each of three zoom levels
 }
 QUICK: dict[str, list[str]] = {
     "data_prep": ["--sizes", "100"],
@@ -79,6 +87,7 @@ QUICK: dict[str, list[str]] = {
         "--ceiling-iters", "2", "--ceiling-warmup", "1",
         "--gpu-size", "256", "--gpu-iters", "3", "--gpu-warmup", "1", "--gpu-e2e-iters", "10",
     ],
+    "viewer": ["--side", "2000", "--tiles", "10"],
 }  # fmt: skip
 
 
@@ -192,6 +201,11 @@ def summarize(doc: dict) -> dict:
             "target_met": main.get("target_met"),
             "gpu": r.get("gpu", {}).get("gpu"),
             "gpu_ratio": _get(r, "gpu", "end_to_end", "ratio"),
+        }
+    if _get(doc, "viewer", "status") == "ok":
+        out["viewer"] = {
+            f"z{r['zoom']}": {k: r["http"][k] for k in ("median_ms", "p95_ms")}
+            for r in _get(doc, "viewer", "result", "records", default=[])
         }
     return out
 
