@@ -123,7 +123,18 @@ def test_kedro_viz_build_draws_every_pipeline(kedro_project, tmp_path):
             "train_stage1": {"train_manifest", "val_manifest", "stage1_checkpoint"},
             "train_stage2": {"train_manifest", "val_manifest", "stage1_checkpoint", "stage2_checkpoint"},
             "submit": {"test_manifest", "stage2_checkpoint", "test_predictions", "submission"},
-            "map_scenes": {"scenes", "stage2_checkpoint", "scene_maps", "scene_areas", "scene_scores"},
+            "map_scenes": {
+                "scenes",
+                "stage2_checkpoint",
+                "scene_maps",
+                "scene_areas",
+                "scene_scores",
+                "scene_confidence",
+                "scene_polygons",
+                "scene_styles",
+                "scene_stac",
+                "scene_area_estimates",
+            },
         }
         for name, datasets in expected.items():
             graph = json.loads((build / "api" / "pipelines" / name).read_text())

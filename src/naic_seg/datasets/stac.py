@@ -15,9 +15,10 @@ log = logging.getLogger(__name__)
 
 
 class StacCatalogDataset(AbstractDataset[Any, Any]):
-    """Saves a ``pystac.Collection`` (None: nothing to catalogue) as ``<path>/collection.json`` and one
-    ``<item>.stac.json`` per Item, every href relative (see :func:`naic_seg.core.gis.stac.save_catalog`);
-    with ``artifact_path`` each JSON file is also logged to the active MLflow run. Loads the Collection (its
+    """Saves a ``pystac.Collection`` as ``<path>/collection.json`` and one ``<item>.stac.json`` per Item
+    (nothing for a Collection without Items), every href relative (see
+    :func:`naic_seg.core.gis.stac.save_catalog`); with ``artifact_path`` each JSON file is also logged to the
+    active MLflow run. Loads the Collection (its
     Items through ``get_items()``), or None when none was saved."""
 
     def __init__(self, path: str, artifact_path: str | None = None, metadata: dict[str, Any] | None = None):
@@ -25,7 +26,7 @@ class StacCatalogDataset(AbstractDataset[Any, Any]):
         self.metadata = metadata
 
     def save(self, data) -> None:
-        if data is None:
+        if not any(True for _ in data.get_items()):
             log.info("No scene mapped: no STAC catalog written")
             return
         check_writable(self._path / COLLECTION_FILE)
