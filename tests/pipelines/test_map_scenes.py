@@ -172,14 +172,18 @@ def assert_gis_products(maps: Path, areas: dict, run, training_run: str) -> None
         assert item.properties["naic_seg:mapped_hectares"] == pytest.approx(areas[name]["mapped_hectares"])
 
 
-def test_products_switched_off_are_not_made_and_none_is_left_from_an_earlier_run(kedro_runner, tmp_path):
-    """Base parameters (confidence off, vector null): the map, its styles, category names, quick-look and STAC
-    Item only; a confidence COG or polygons left by an earlier run would describe another map: removed."""
-    folder = tmp_path / "scenes"
+def small_scene_folder(folder: Path) -> Path:
     folder.mkdir()
     profile = {"driver": "GTiff", "width": 80, "height": 60, "count": 3, "dtype": "uint8"}
     with rasterio.open(folder / "small.tif", "w", crs="EPSG:32650", transform=TRANSFORM, **profile) as dst:
         dst.write(np.random.default_rng(0).integers(1, 255, (3, 60, 80), dtype=np.uint8))
+    return folder
+
+
+def test_products_switched_off_are_not_made_and_none_is_left_from_an_earlier_run(kedro_runner, tmp_path):
+    """Base parameters (confidence off, vector null): the map, its styles, category names, quick-look and STAC
+    Item only; a confidence COG or polygons left by an earlier run would describe another map: removed."""
+    folder = small_scene_folder(tmp_path / "scenes")
     maps = kedro_runner.path("data/07_model_output/scene_maps")
     maps.mkdir(parents=True)
     for stale in ("small_confidence.tif", "small_polygons.gpkg", "small_confidence.qml"):
@@ -196,6 +200,22 @@ def test_products_switched_off_are_not_made_and_none_is_left_from_an_earlier_run
     assert set(item["assets"]) == {"map", "style", "category_names", "quicklook"}
     estimates = json.loads(kedro_runner.path("data/08_reporting/scene_area_estimates.json").read_text())
     assert estimates == {"estimated": False, "reason": "no labelled scene was scored"}
+
+
+def test_the_confidence_reaches_its_dataset_when_kedro_saves_outputs_at_once(kedro_runner, tmp_path):
+    """``kedro run --async`` saves scene_maps and scene_confidence in threads at the same time: each
+    confidence COG is placed once its map is made."""
+    from kedro.runner import SequentialRunner
+
+    folder = small_scene_folder(tmp_path / "scenes")
+    ckpt = random_checkpoint(tmp_path / "random.pt")
+    options = {"checkpoints": [str(ckpt)], "device": "cpu", "confidence": True}
+    params = {"scenes_root": str(folder), "map_scenes": options}
+    kedro_runner.run("map_scenes", params=params, runner=SequentialRunner(is_async=True))
+    maps = kedro_runner.path("data/07_model_output/scene_maps")
+    with rasterio.open(maps / "small.tif") as m, rasterio.open(maps / "small_confidence.tif") as c:
+        assert (m.width, m.height) == (c.width, c.height) and (c.read(1) > 0).all()
+    assert not [p.name for p in maps.iterdir() if p.name.startswith(".")]
 
 
 def test_no_scenes_folder_means_nothing_to_map_and_no_checkpoint_needed(kedro_runner, tmp_path):

@@ -52,13 +52,8 @@ def adjusted_areas(
             f"confusion {n.shape} and mapped areas {mapped.shape} do not fit {len(names)} classes"
         )
     n_i = n.sum(axis=1)
-    thin = [name for name, area, count in zip(names, mapped, n_i, strict=True) if area > 0 and count < 2]
-    if total <= 0 or thin:
-        reason = (
-            "no mapped area"
-            if total <= 0
-            else f"class(es) {thin} are mapped but fewer than 2 labelled pixels were mapped as them"
-        )
+    reason = _unestimable(n_i, mapped, names)
+    if reason:
         return {"estimated": False, "reason": reason, "method": METHOD}
     weight = mapped / total
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -92,3 +87,13 @@ def adjusted_areas(
         "overall_accuracy": float(np.trace(p)),
         "classes": rows,
     }
+
+
+def _unestimable(n_i: np.ndarray, mapped: np.ndarray, names: Sequence[str]) -> str | None:
+    """Why there can be no estimate (no mapped area; a mapped class with under 2 sample pixels), or None."""
+    if mapped.sum() <= 0:
+        return "no mapped area"
+    thin = [name for name, area, count in zip(names, mapped, n_i, strict=True) if area > 0 and count < 2]
+    return (
+        f"class(es) {thin} are mapped but fewer than 2 labelled pixels were mapped as them" if thin else None
+    )

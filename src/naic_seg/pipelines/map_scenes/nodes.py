@@ -3,8 +3,10 @@ and make the GIS products (styles, polygons, adjusted areas, STAC) from them."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import threading
 from functools import partial
 from pathlib import Path
 
@@ -80,24 +82,53 @@ def map_scenes(
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
-    staged: dict[str, Path] = {}  # scene -> its confidence COG, made with the map, until placed
+    hand_off = _ConfidenceHandOff([info.name for info in infos])
 
     def write(info, target: Path) -> None:
         # A fixed name that the map's own atomic write clears if a killed run left it.
         conf = target.with_name(f".{target.name}.confidence.tmp") if confidence else None
-        map_scene(info.path, target, predictor.window_logits, table, opts, conf)
-        if conf is not None:
-            staged[info.name] = conf
-
-    def place(name: str, target: Path) -> None:
-        if name not in staged:
-            raise RuntimeError(f"no confidence made for scene '{name}': scene_maps must be saved first")
-        move_into_place(staged.pop(name), target)
+        with hand_off.making(info.name):
+            map_scene(info.path, target, predictor.window_logits, table, opts, conf)
+            hand_off.made(info.name, conf)
 
     maps = [(info.name, partial(write, info)) for info in infos]
-    confidences = [(info.name, partial(place, info.name) if confidence else None) for info in infos]
+    confidences = [(info.name, partial(hand_off.place, info.name) if confidence else None) for info in infos]
     model = {"checkpoints": [_describe(c) for c in checkpoints], "window": window}
     return maps, confidences, model
+
+
+class _ConfidenceHandOff:
+    """Hands each confidence COG, made with its map while ``scene_maps`` saves, to ``scene_confidence``.
+
+    Kedro saves a node's outputs one after the other (``scene_maps`` first), or at once in threads with
+    ``--async``: placing a scene's confidence waits until its map is done, and a failed map releases every
+    waiter. (With ``--async``, a ``scene_maps`` save that failed before its first scene would leave the
+    confidence save waiting; both live in one folder, whose write check then fails for both alike.)"""
+
+    def __init__(self, names: list[str]):
+        self.ready = {name: threading.Event() for name in names}
+        self.staged: dict[str, Path] = {}
+
+    @contextlib.contextmanager
+    def making(self, name: str):
+        try:
+            yield
+        except BaseException:
+            for event in self.ready.values():  # no more maps will come: let a waiting placer fail now
+                event.set()
+            raise
+        finally:
+            self.ready[name].set()
+
+    def made(self, name: str, confidence: Path | None) -> None:
+        if confidence is not None:
+            self.staged[name] = confidence
+
+    def place(self, name: str, target: Path) -> None:
+        self.ready[name].wait()
+        if name not in self.staged:
+            raise RuntimeError(f"scene '{name}' has no map, so no confidence to save")
+        move_into_place(self.staged.pop(name), target)
 
 
 def _describe(checkpoint: dict) -> dict:
