@@ -117,7 +117,7 @@ def test_demo_scenes_are_mapped_scored_and_logged_with_every_gis_product(kedro_r
     assert run.data.metrics["map.scene_0.mIoU"] == pytest.approx(report["scenes"]["scene_0"]["mIoU"])
     assert run.data.metrics["map.mIoU"] == pytest.approx(report["overall"]["mIoU"])
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "map")}
-    assert {"map/scene_areas.json", "map/scene_area_estimates.json"} <= logged
+    assert {"map/scene_areas.json", "map/scene_area_estimates.json", "map/scene_map_model.json"} <= logged
     quicklooks = {a.path for a in client.list_artifacts(run.info.run_id, "map/quicklooks")}
     assert quicklooks == {"map/quicklooks/scene_0.png", "map/quicklooks/scene_1.png"}
     styles = {a.path.split("/")[-1] for a in client.list_artifacts(run.info.run_id, "map/styles")}
