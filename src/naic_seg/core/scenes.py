@@ -639,7 +639,7 @@ def _row_blocks(height: int, rows: int = COG_BLOCK) -> Iterator[tuple[int, int]]
         yield y, min(rows, height - y)
 
 
-def _map_to_index(values: np.ndarray, classes: ClassTable, output_values: str) -> np.ndarray:
+def map_to_index(values: np.ndarray, classes: ClassTable, output_values: str) -> np.ndarray:
     """Stored map values -> class indices (nodata -> 255)."""
     if output_values == "naic":
         return classes.to_index(values)
@@ -665,7 +665,7 @@ def area_table(map_path: str | os.PathLike, classes: ClassTable, output_values: 
     counts = np.zeros(classes.num_classes, dtype=np.int64)
     with rasterio.open(map_path) as src:
         for y, rows in _row_blocks(src.height):
-            idx = _map_to_index(src.read(1, window=Window(0, y, src.width, rows)), classes, output_values)
+            idx = map_to_index(src.read(1, window=Window(0, y, src.width, rows)), classes, output_values)
             counts += np.bincount(idx.ravel(), minlength=256)[: classes.num_classes]
         area, note = pixel_area(src.crs, src.transform)
         total = src.width * src.height
@@ -707,7 +707,7 @@ def score_map(
             raise SceneError(f"label '{label_path}' and map '{map_path}' differ in size")
         for y, rows in _row_blocks(pred_src.height):
             win = Window(0, y, pred_src.width, rows)
-            pred = _map_to_index(pred_src.read(1, window=win), classes, output_values)
+            pred = map_to_index(pred_src.read(1, window=win), classes, output_values)
             truth = classes.to_index(lab_src.read(1, window=win))
             gap = (pred == IGNORE_INDEX) & (truth != IGNORE_INDEX)
             unmapped += int(gap.sum())
@@ -738,7 +738,7 @@ def quicklook(
         image = _to_uint8(image, _stretch_limits(src, options))
         title = f"{Path(scene).name} ({src.width} x {src.height})"
     with rasterio.open(map_path) as msrc:
-        idx = _map_to_index(
+        idx = map_to_index(
             msrc.read(1, out_shape=shape, resampling=Resampling.nearest), classes, options.output_values
         )
     lut = np.zeros((256, 3), dtype=np.uint8)

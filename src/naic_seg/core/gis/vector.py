@@ -39,7 +39,7 @@ from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
 from naic_seg.core.labels import IGNORE_INDEX, ClassTable
-from naic_seg.core.scenes import SceneError, _map_to_index, output_encoding, pixel_area
+from naic_seg.core.scenes import SceneError, map_to_index, output_encoding, pixel_area
 
 BLOCK_ROWS = 512
 MAX_HALO_ROWS = 512
@@ -131,7 +131,7 @@ def sieved_blocks(
         y1 = min(y0 + options.block_rows, src.height)
         top, bottom = max(0, y0 - halo), min(src.height, y1 + halo)
         stored = src.read(1, window=Window(0, top, src.width, bottom - top))
-        index = _map_to_index(stored, classes, output_values)
+        index = map_to_index(stored, classes, output_values)
         sieved = sieve_window(index, size, top > 0, bottom < src.height)
         yield y0, sieved[y0 - top : y1 - top]
 
