@@ -196,15 +196,13 @@ def vectorise_maps(scenes: SceneListing, scene_maps: dict, classes: list[dict], 
     """``(scene, write)`` pairs of each map's polygons (GeoPackage), or of None when ``vector`` is off."""
     vector = VectorOptions.from_params(options.get("vector"))
     table, values = ClassTable.from_config(classes), options.get("output_values", "index")
-    return [
-        (
-            name,
-            None
-            if vector is None
-            else partial(vectorise_map, m, classes=table, output_values=values, options=vector),
-        )
-        for name, (_, m) in _maps(scenes, scene_maps).items()
-    ]
+
+    def polygons(map_path: Path):
+        if vector is None:
+            return None
+        return partial(vectorise_map, map_path, classes=table, output_values=values, options=vector)
+
+    return [(name, polygons(m)) for name, (_, m) in _maps(scenes, scene_maps).items()]
 
 
 def estimate_areas(scene_areas: dict, scene_scores: dict, classes: list[dict]) -> tuple[dict, dict]:
@@ -213,8 +211,8 @@ def estimate_areas(scene_areas: dict, scene_scores: dict, classes: list[dict]) -
     if not scene_scores.get("evaluated"):
         return {"estimated": False, "reason": "no labelled scene was scored"}, {}
     metric = all(a["pixel_area_m2"] is not None for a in scene_areas.values())
-    unit, key = ("hectares", "hectares") if metric else ("pixels", "pixels")
-    mapped = np.sum([[row[key] for row in a["classes"]] for a in scene_areas.values()], axis=0)
+    unit = "hectares" if metric else "pixels"  # a scene without metric pixels: the region in pixels
+    mapped = np.sum([[row[unit] for row in a["classes"]] for a in scene_areas.values()], axis=0)
     confusion = np.sum([s["confusion"] for s in scene_scores["scenes"].values()], axis=0)
     result = adjusted_areas(confusion, mapped, names, unit)
     result["region"] = sorted(scene_areas)
