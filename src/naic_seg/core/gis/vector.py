@@ -39,7 +39,7 @@ from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
 from naic_seg.core.labels import IGNORE_INDEX, ClassTable
-from naic_seg.core.scenes import SceneError, map_to_index, output_encoding, pixel_area
+from naic_seg.core.scenes import GDAL_CACHE_MB, SceneError, map_to_index, output_encoding, pixel_area
 
 BLOCK_ROWS = 512
 MAX_HALO_ROWS = 512
@@ -271,7 +271,12 @@ def vectorise_map(
     empty layer. Returns what was written: polygons, pixels per class, minimum unit in pixels, seconds."""
     started, map_path = time.perf_counter(), os.fspath(map_path)
     layer = os.path.splitext(os.path.basename(map_path))[0]
-    with rasterio.open(map_path) as src, atomic_path(target) as tmp:
+    # GDAL's block cache (5 % of RAM by default) would keep every block read: memory would grow with the map.
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        rasterio.open(map_path) as src,
+        atomic_path(target) as tmp,
+    ):
         size = min_pixels(options.min_area_m2, src.crs, src.transform, map_path)
         writer = _PolygonWriter(tmp, layer, src, classes, output_values)
         stitcher = _Stitcher(src.width)
