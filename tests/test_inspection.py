@@ -88,6 +88,9 @@ def test_inspect_run_notebook_executes_on_a_demo_run(demo_run, tmp_path, monkeyp
     assert "Traceback" not in text
 
 
+GIS = {"scene_confidence", "scene_polygons", "scene_styles", "scene_stac", "scene_area_estimates"}
+
+
 def test_kedro_viz_build_draws_every_pipeline(kedro_project, tmp_path):
     build = kedro_project / "build"
     shutil.rmtree(build, ignore_errors=True)
@@ -123,7 +126,7 @@ def test_kedro_viz_build_draws_every_pipeline(kedro_project, tmp_path):
             "train_stage1": {"train_manifest", "val_manifest", "stage1_checkpoint"},
             "train_stage2": {"train_manifest", "val_manifest", "stage1_checkpoint", "stage2_checkpoint"},
             "submit": {"test_manifest", "stage2_checkpoint", "test_predictions", "submission"},
-            "map_scenes": {"scenes", "stage2_checkpoint", "scene_maps", "scene_areas", "scene_scores"},
+            "map_scenes": {"scenes", "stage2_checkpoint", "scene_maps", "scene_areas", "scene_scores"} | GIS,
         }
         for name, datasets in expected.items():
             graph = json.loads((build / "api" / "pipelines" / name).read_text())

@@ -65,3 +65,29 @@ def log_artifact_file(path: str, artifact_path: str) -> None:
 
     if mlflow.active_run() is not None:
         mlflow.log_artifact(path, artifact_path)
+
+
+def active_run_id() -> str | None:
+    """The id of the MLflow run that ``kedro run`` opened, or None."""
+    import mlflow
+
+    run = mlflow.active_run()
+    return None if run is None else run.info.run_id
+
+
+def registered_versions(run_ids: list[str]) -> list[dict]:
+    """``[{"name", "version", "run_id"}]`` of the registered model versions logged by these runs (the
+    registry records the run each version came from); empty when there is none or no registry answers."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    found = []
+    client = mlflow.MlflowClient()
+    for run_id in run_ids:
+        try:
+            versions = client.search_model_versions(f"run_id = '{run_id}'")
+        except MlflowException as err:
+            log.warning("No registered model looked up for run %s: %s", run_id, err)
+            continue
+        found += [{"name": v.name, "version": str(v.version), "run_id": run_id} for v in versions]
+    return found

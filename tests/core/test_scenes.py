@@ -392,3 +392,48 @@ def test_a_read_error_while_mapping_names_the_file_and_rows_and_writes_no_map(tm
     with pytest.raises(SceneError, match=r"bad\.tif': cannot read rows 48\.\.112: simulated"):
         map_scene(scene, out, conv_logits(), CLASSES, SceneOptions(window=64))
     assert list(out.parent.iterdir()) == []
+
+
+def scaled_logits(scale=2500.0, seed=0):
+    """``conv_logits`` scaled down so that the softmax is not saturated (probabilities well inside (0, 1))."""
+    conv = conv_logits(seed=seed)
+    return lambda images: conv(images) / scale
+
+
+def single_window_pixels(length, window, stride):
+    """Positions along an axis weighed by one window only (every other window's weight 0 there)."""
+    axis = _Axis.of(length, window, stride)
+    covering = np.zeros(length, dtype=int)
+    for start, profile in zip(axis.starts, axis.profiles, strict=True):
+        covering[start : start + axis.span] += profile > 0
+    return covering == 1
+
+
+def test_confidence_is_the_softmax_of_the_blended_logits_and_nodata_where_the_map_is(tmp_path):
+    h, w, window = 190, 230, 64
+    data = random_scene(h, w, seed=9)
+    data[:, :50, :70] = 0  # a nodata corner
+    scene = write_scene(tmp_path / "c.tif", data, nodata=0)
+    opts = SceneOptions(window=window, overlap=0.25, batch_size=3, nodata_fill="none")
+    result = map_scene(scene, tmp_path / "c_map.tif", scaled_logits(), CLASSES, opts, tmp_path / "c_conf.tif")
+    map_scene(scene, tmp_path / "plain.tif", scaled_logits(), CLASSES, opts)
+    with rasterio.open(tmp_path / "c_map.tif") as m, rasterio.open(tmp_path / "c_conf.tif") as c:
+        classes, confidence = m.read(1), c.read(1)
+        assert c.dtypes[0] == "uint8" and c.nodata == 0 and (c.crs, c.transform) == (m.crs, m.transform)
+        assert c.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+    with rasterio.open(tmp_path / "plain.tif") as plain:  # the same map with the confidence on or off
+        np.testing.assert_array_equal(plain.read(1), classes)
+    assert result.nodata_pixels == 50 * 70
+    np.testing.assert_array_equal(confidence == 0, classes == 255)
+    assert confidence[classes != 255].min() >= round(255 / 8) and confidence.max() <= 255
+
+    probs = torch.softmax(scaled_logits()(torch.from_numpy(data[None].copy()))[0], 0).amax(0).numpy()
+    expected = np.rint(probs * 255).astype(np.uint8)
+    stride = opts.stride
+    single = single_window_pixels(h, window, stride)[:, None] & single_window_pixels(w, window, stride)[None]
+    single &= classes != 255
+    single[:60, :80] = False  # the windows that saw the nodata corner (zeros, as the whole-scene pass did)
+    assert single.sum() > 0.3 * h * w
+    diff = np.abs(confidence[single].astype(int) - expected[single])
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99  # float32 sums round a rare .5 the other way
+    assert 40 < expected[single].mean() < 250  # not saturated: the comparison means something

@@ -63,3 +63,20 @@ def check_writable(target: str | os.PathLike) -> None:
             pass
     except OSError as err:
         raise PermissionError(f"cannot write to '{folder}' (needed for '{target}'): {err}") from err
+
+
+def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move a finished file to ``target`` atomically: a rename on one file system, else a copy to a
+    temporary beside the target, then a rename."""
+    import errno
+    import shutil
+
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, target)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+        os.unlink(source)

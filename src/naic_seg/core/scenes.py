@@ -59,6 +59,7 @@ NODATA_FILLS = ("mirror", "mean", "none")
 # GDAL's block cache: the default (5 % of RAM) would keep every written block of a big map resident.
 GDAL_CACHE_MB = 32
 COG_BLOCK = 512
+CONFIDENCE_NODATA = 0
 
 
 class SceneError(ValueError):
@@ -360,45 +361,38 @@ def map_scene(
     logits_fn: LogitsFn,
     classes: ClassTable,
     options: SceneOptions,
+    confidence_target: str | os.PathLike | None = None,
 ) -> SceneResult:
     """Map one scene into the COG ``target`` (atomically). ``logits_fn``: uint8 N x 3 x h x w (CPU) ->
-    float32 N x C x h x w logits, with C = ``classes.num_classes``."""
+    float32 N x C x h x w logits, with C = ``classes.num_classes``. With ``confidence_target`` a second COG
+    is written there (atomically too): the top class's softmax probability of the same blended logits, as
+    ``round(255 p)`` in a byte, nodata 0 where the map is nodata (p >= 1/C, so 0 is never a confidence)."""
     scene, target = Path(scene), Path(target)
     if options.window is None:
         raise ValueError("SceneOptions.window is needed to map a scene")
     info = inspect_scene(scene, options)
     dtype, nodata, lut = output_encoding(classes, options.output_values)
     started = time.perf_counter()
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(target) as final_tmp:
-        fd, strips = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            with rasterio.open(scene) as src:
-                profile = {
-                    "driver": "GTiff",
-                    "width": src.width,
-                    "height": src.height,
-                    "count": 1,
-                    "dtype": dtype,
-                    "nodata": nodata,
-                    "crs": src.crs,
-                    "transform": src.transform,
-                }
-                with rasterio.open(strips, "w", **profile) as dst:
-                    dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
-                    result = _map_into(src, dst, info, logits_fn, classes, options, lut)
-            rasterio.shutil.copy(
-                strips,
-                final_tmp,
-                driver="COG",
-                COMPRESS="DEFLATE",
-                BLOCKSIZE=COG_BLOCK,
-                OVERVIEW_RESAMPLING="MODE",
-                NUM_THREADS="ALL_CPUS",  # compression and overviews: the model is done with the cores by now
-            )
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(strips)
+    targets = [target] + ([Path(confidence_target)] if confidence_target is not None else [])
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), contextlib.ExitStack() as stack:
+        finals = [stack.enter_context(atomic_path(t)) for t in targets]
+        strips = [stack.enter_context(_strips_file(t)) for t in targets]
+        with rasterio.open(scene) as src:
+            profile = {"driver": "GTiff", "width": src.width, "height": src.height, "count": 1}
+            profile |= {"crs": src.crs, "transform": src.transform}
+            with contextlib.ExitStack() as files:
+                dst = files.enter_context(
+                    rasterio.open(strips[0], "w", dtype=dtype, nodata=nodata, **profile)
+                )
+                dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
+                conf = None
+                if confidence_target is not None:
+                    conf = files.enter_context(
+                        rasterio.open(strips[1], "w", dtype="uint8", nodata=CONFIDENCE_NODATA, **profile)
+                    )
+                result = _map_into(src, dst, info, logits_fn, classes, options, lut, conf)
+        for strip, final, overviews in zip(strips, finals, ("MODE", "AVERAGE"), strict=False):
+            _write_cog(strip, final, overviews)
     result.seconds = time.perf_counter() - started
     log.info(
         "%s: %d x %d mapped in %.1f s (%.2f megapixels/s; %d windows, %d skipped as nodata) -> %s",
@@ -412,6 +406,31 @@ def map_scene(
         target,
     )
     return result
+
+
+@contextlib.contextmanager
+def _strips_file(target: Path) -> Iterator[str]:
+    """A temporary plain GeoTIFF beside ``target`` that the rows are written into, removed afterwards."""
+    fd, strips = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield strips
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(strips)
+
+
+def _write_cog(strips: str, target: Path, overviews: str) -> None:
+    """Overviews by ``overviews`` resampling: MODE for classes, AVERAGE for the confidence."""
+    rasterio.shutil.copy(
+        strips,
+        target,
+        driver="COG",
+        COMPRESS="DEFLATE",
+        BLOCKSIZE=COG_BLOCK,
+        OVERVIEW_RESAMPLING=overviews,
+        NUM_THREADS="ALL_CPUS",  # compression and overviews: the model is done with the cores by now
+    )
 
 
 @dataclass(frozen=True)
@@ -455,6 +474,16 @@ def _argmax(acc: np.ndarray) -> np.ndarray:
     return torch.from_numpy(acc).max(0).indices.to(torch.uint8).numpy()
 
 
+def _argmax_confidence(acc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_argmax` and the top class's softmax probability, ``1 / sum_c exp(l_c - l_max)``, as
+    ``round(255 p)`` in a byte."""
+    logits = torch.from_numpy(acc)
+    top = logits.max(0)
+    total = torch.exp(logits - top.values).sum(0)
+    confidence = total.reciprocal_().mul_(255).round_().to(torch.uint8)
+    return top.indices.to(torch.uint8).numpy(), confidence.numpy()
+
+
 class _Blender:
     """Blends windows taken in row-major order, in memory that does not grow with the scene's height and
     grows with its width only by the overlap rows carried from one row of windows to the next.
@@ -464,13 +493,19 @@ class _Blender:
     for this row of windows: in the rows that the row of windows finishes they go, as class indices, into
     ``band`` (a byte per pixel, full width), written when the row of windows is done; in the rows the next
     row of windows shares they go, as sums, into ``carry`` (classes x carried rows x width floats).
+    With ``conf_dst`` the top class's probability of the same finished sums goes into ``conf_band`` (one
+    more byte per pixel of the band) and is written beside the classes: no other memory, no seams.
     """
 
-    def __init__(self, num_classes: int, width: int, ys: _Axis, xs: _Axis, dst, lut: np.ndarray):
+    def __init__(
+        self, num_classes: int, width: int, ys: _Axis, xs: _Axis, dst, lut: np.ndarray, conf_dst=None
+    ):
         self.ys, self.xs, self.width, self.dst, self.lut = ys, xs, width, dst, lut
         self.buf = np.zeros((num_classes, ys.span, xs.span), dtype=np.float32)
         self.carry = np.zeros((num_classes, ys.carried, width), dtype=np.float32)
         self.band = np.zeros((ys.span, width), dtype=np.uint8)
+        self.conf_dst = conf_dst
+        self.conf_band = None if conf_dst is None else np.zeros((ys.span, width), dtype=np.uint8)
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.nodata_pixels = 0
 
@@ -492,7 +527,11 @@ class _Blender:
         if logit is not None:
             buf += logit[:, : ys.span, :w] * (ys.profiles[k][:, None] * xs.profiles[j][None, :])
         lx, rx, ly, ry = xs.leads[j], xs.ends[j], ys.leads[k], ys.ends[k]
-        self.band[ly:ry, x + lx : x + rx] = _argmax(buf[:, ly:ry, lx:rx])
+        if self.conf_band is None:
+            self.band[ly:ry, x + lx : x + rx] = _argmax(buf[:, ly:ry, lx:rx])
+        else:
+            cls, conf = _argmax_confidence(buf[:, ly:ry, lx:rx])
+            self.band[ly:ry, x + lx : x + rx], self.conf_band[ly:ry, x + lx : x + rx] = cls, conf
         if k < len(ys.starts) - 1:
             self.carry[:, :, x + lx : x + rx] = buf[:, ys.stride :, lx:rx]
 
@@ -504,7 +543,12 @@ class _Blender:
         cls[invalid] = IGNORE_INDEX
         self.counts += np.bincount(cls[~invalid], minlength=len(self.counts))[: len(self.counts)]
         self.nodata_pixels += int(invalid.sum())
-        self.dst.write(self.lut[cls][None], window=Window(0, self.ys.starts[k] + ly, self.width, ry - ly))
+        rows = Window(0, self.ys.starts[k] + ly, self.width, ry - ly)
+        self.dst.write(self.lut[cls][None], window=rows)
+        if self.conf_band is not None:
+            conf = self.conf_band[ly:ry]
+            conf[invalid] = CONFIDENCE_NODATA
+            self.conf_dst.write(conf[None], window=rows)
 
 
 def _strips(
@@ -530,13 +574,13 @@ def _strips(
             yield current
 
 
-def _map_into(src, dst, info, logits_fn, classes, options, lut) -> SceneResult:
+def _map_into(src, dst, info, logits_fn, classes, options, lut, conf_dst=None) -> SceneResult:
     """Windows go through ``logits_fn`` in full batches taken in row-major order (a batch may span two rows
     of windows), then through the blender in the same order. A window that is all nodata costs no forward
     pass but still goes through the blender, in its turn."""
     width, height, win = src.width, src.height, options.window
     ys, xs = _Axis.of(height, win, options.stride), _Axis.of(width, win, options.stride)
-    blender = _Blender(classes.num_classes, width, ys, xs, dst, lut)
+    blender = _Blender(classes.num_classes, width, ys, xs, dst, lut, conf_dst)
     limits = _stretch_limits(src, options)
     masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each row of windows read but not yet written
     pending: list[tuple[int, int, np.ndarray | None]] = []
@@ -595,7 +639,7 @@ def _row_blocks(height: int, rows: int = COG_BLOCK) -> Iterator[tuple[int, int]]
         yield y, min(rows, height - y)
 
 
-def _map_to_index(values: np.ndarray, classes: ClassTable, output_values: str) -> np.ndarray:
+def map_to_index(values: np.ndarray, classes: ClassTable, output_values: str) -> np.ndarray:
     """Stored map values -> class indices (nodata -> 255)."""
     if output_values == "naic":
         return classes.to_index(values)
@@ -621,7 +665,7 @@ def area_table(map_path: str | os.PathLike, classes: ClassTable, output_values: 
     counts = np.zeros(classes.num_classes, dtype=np.int64)
     with rasterio.open(map_path) as src:
         for y, rows in _row_blocks(src.height):
-            idx = _map_to_index(src.read(1, window=Window(0, y, src.width, rows)), classes, output_values)
+            idx = map_to_index(src.read(1, window=Window(0, y, src.width, rows)), classes, output_values)
             counts += np.bincount(idx.ravel(), minlength=256)[: classes.num_classes]
         area, note = pixel_area(src.crs, src.transform)
         total = src.width * src.height
@@ -663,7 +707,7 @@ def score_map(
             raise SceneError(f"label '{label_path}' and map '{map_path}' differ in size")
         for y, rows in _row_blocks(pred_src.height):
             win = Window(0, y, pred_src.width, rows)
-            pred = _map_to_index(pred_src.read(1, window=win), classes, output_values)
+            pred = map_to_index(pred_src.read(1, window=win), classes, output_values)
             truth = classes.to_index(lab_src.read(1, window=win))
             gap = (pred == IGNORE_INDEX) & (truth != IGNORE_INDEX)
             unmapped += int(gap.sum())
@@ -694,7 +738,7 @@ def quicklook(
         image = _to_uint8(image, _stretch_limits(src, options))
         title = f"{Path(scene).name} ({src.width} x {src.height})"
     with rasterio.open(map_path) as msrc:
-        idx = _map_to_index(
+        idx = map_to_index(
             msrc.read(1, out_shape=shape, resampling=Resampling.nearest), classes, options.output_values
         )
     lut = np.zeros((256, 3), dtype=np.uint8)

@@ -80,8 +80,14 @@ class SceneOutputFolderDataset(AbstractDataset[Iterable, dict]):
 
     Saving takes an iterable of ``(scene name, write)`` pairs, consumed lazily: ``write(path)`` writes one
     file atomically, so scenes are mapped while the dataset saves and a killed run leaves whole files only.
-    With ``artifact_path`` each file is logged to the active MLflow run as soon as it is written. Loading
+    A ``write`` of None removes the scene's file: a product switched off leaves none from an earlier run,
+    so the folder (and the STAC catalog made from it) holds only what this run made. With
+    ``artifact_path`` each file is logged to the active MLflow run as soon as it is written. Loading
     returns ``{scene name: path}`` of the files present.
+
+    Args:
+        exclude: suffixes of other products in the same folder that end like this one (``_confidence.tif``
+            beside maps ``.tif``): files ending so are not this dataset's.
     """
 
     def __init__(
@@ -89,16 +95,22 @@ class SceneOutputFolderDataset(AbstractDataset[Iterable, dict]):
         path: str,
         suffix: str,
         artifact_path: str | None = None,
+        exclude: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ):
         self._path, self._suffix, self._artifact_path = Path(path), suffix, artifact_path
+        self._exclude = tuple(exclude or ())
         self.metadata = metadata
 
-    def save(self, data: Iterable[tuple[str, Callable[[Path], Any]]]) -> None:
+    def save(self, data: Iterable[tuple[str, Callable[[Path], Any] | None]]) -> None:
         check_writable(self._path / f"x{self._suffix}")
-        started, written = time.perf_counter(), 0
+        started, written, removed = time.perf_counter(), 0, 0
         for name, write in data:
             target = self._path / f"{name}{self._suffix}"
+            if write is None:
+                removed += target.is_file()
+                target.unlink(missing_ok=True)
+                continue
             write(target)
             written += 1
             if self._artifact_path is not None:
@@ -106,7 +118,13 @@ class SceneOutputFolderDataset(AbstractDataset[Iterable, dict]):
 
                 if mlflow.active_run() is not None:
                     mlflow.log_artifact(str(target), self._artifact_path)
-        log.info("%d file(s) written to '%s' in %.1f s", written, self._path, time.perf_counter() - started)
+        log.info(
+            "%d file(s) written to '%s' in %.1f s%s",
+            written,
+            self._path,
+            time.perf_counter() - started,
+            f", {removed} left by an earlier run removed" if removed else "",
+        )
 
     def load(self) -> dict[str, Path]:
         if not self._path.is_dir():
@@ -114,11 +132,19 @@ class SceneOutputFolderDataset(AbstractDataset[Iterable, dict]):
         return {
             p.name[: -len(self._suffix)]: p
             for p in sorted(self._path.iterdir())
-            if p.name.endswith(self._suffix) and not p.name.startswith(".")
+            if p.name.endswith(self._suffix)
+            and not p.name.startswith(".")
+            and not (self._exclude and p.name.endswith(self._exclude))
+            and p.is_file()
         }
 
     def _exists(self) -> bool:
         return self._path.is_dir()
 
     def _describe(self) -> dict[str, Any]:
-        return {"path": str(self._path), "suffix": self._suffix, "artifact_path": self._artifact_path}
+        return {
+            "path": str(self._path),
+            "suffix": self._suffix,
+            "artifact_path": self._artifact_path,
+            "exclude": list(self._exclude),
+        }

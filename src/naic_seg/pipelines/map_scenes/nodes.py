@@ -1,14 +1,23 @@
-"""Nodes of map_scenes: check scenes, build the predictor submit uses, map lazily, then read the maps back."""
+"""Nodes of map_scenes: check scenes, build the predictor submit uses, map lazily, then read the maps back
+and make the GIS products (styles, polygons, adjusted areas, STAC) from them."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
+import threading
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from naic_seg.core.atomic import move_into_place
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
+from naic_seg.core.gis.area_estimate import adjusted_areas
+from naic_seg.core.gis.stac import Provenance, SceneProducts, run_collection, scene_item
+from naic_seg.core.gis.style import write_category_names, write_confidence_style, write_qgis_style
+from naic_seg.core.gis.vector import VectorOptions, check_vector_scenes, vectorise_map
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
 from naic_seg.core.predict import PredictConfig, Predictor
@@ -22,7 +31,7 @@ from naic_seg.core.scenes import (
     score_map,
 )
 from naic_seg.datasets.scenes import SceneListing
-from naic_seg.tracking import log_params
+from naic_seg.tracking import active_run_id, log_params, registered_versions
 
 log = logging.getLogger(__name__)
 
@@ -35,19 +44,32 @@ def _scene_options(options: dict, window: int | None = None, fill_colour=None) -
     return SceneOptions(window=window, fill_colour=fill_colour, **chosen)
 
 
+def _confidence_on(options: dict) -> bool:
+    value = options.get("confidence", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"map_scenes.confidence must be true or false, got {value!r}")
+    return value
+
+
 def map_scenes(
     scenes: SceneListing,
     stage1_checkpoint: CheckpointFile,
     stage2_checkpoint: CheckpointFile,
     classes: list[dict],
     options: dict,
-) -> list:
+) -> tuple[list, list, dict]:
     """Every scene is checked and the models built now, so bad input fails before any work; the maps are
-    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs."""
+    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs, and with
+    ``confidence`` on each map's confidence COG is made with it, then moved into ``scene_confidence`` when
+    that saves. Also returns what the model was (``scene_map_model``)."""
+    confidence = _confidence_on(options)
+    vector = VectorOptions.from_params(options.get("vector"))
     if not scenes.scenes:
         log.info("No scenes in '%s': nothing to map", scenes.folder)
-        return []
+        return [], [], {"checkpoints": []}
     infos = check_scenes(scenes.scenes, _scene_options(options))
+    if vector is not None:
+        check_vector_scenes(scenes.scenes, vector)
     table = ClassTable.from_config(classes)
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
     checkpoints = select_checkpoints(options.get("checkpoints", ["stage2"]), available)
@@ -61,8 +83,57 @@ def map_scenes(
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
-    write = partial(map_scene, logits_fn=predictor.window_logits, classes=table, options=opts)
-    return [(info.name, partial(write, info.path)) for info in infos]
+    hand_off = _ConfidenceHandOff([info.name for info in infos])
+
+    def write(info, target: Path) -> None:
+        # A fixed name that the map's own atomic write clears if a killed run left it.
+        conf = target.with_name(f".{target.name}.confidence.tmp") if confidence else None
+        with hand_off.making(info.name):
+            map_scene(info.path, target, predictor.window_logits, table, opts, conf)
+            hand_off.made(info.name, conf)
+
+    maps = [(info.name, partial(write, info)) for info in infos]
+    confidences = [(info.name, partial(hand_off.place, info.name) if confidence else None) for info in infos]
+    model = {"checkpoints": [_describe(c) for c in checkpoints], "window": window}
+    return maps, confidences, model
+
+
+class _ConfidenceHandOff:
+    """Hands each confidence COG, made with its map while ``scene_maps`` saves, to ``scene_confidence``.
+
+    Kedro saves a node's outputs one after the other (``scene_maps`` first), or at once in threads with
+    ``--async``: placing a scene's confidence waits until its map is done, and a failed map releases every
+    waiter. (With ``--async``, a ``scene_maps`` save that failed before its first scene would leave the
+    confidence save waiting; both live in one folder, whose write check then fails for both alike.)"""
+
+    def __init__(self, names: list[str]):
+        self.ready = {name: threading.Event() for name in names}
+        self.staged: dict[str, Path] = {}
+
+    @contextlib.contextmanager
+    def making(self, name: str):
+        try:
+            yield
+        except BaseException:
+            for event in self.ready.values():  # no more maps will come: let a waiting placer fail now
+                event.set()
+            raise
+        finally:
+            self.ready[name].set()
+
+    def made(self, name: str, confidence: Path | None) -> None:
+        if confidence is not None:
+            self.staged[name] = confidence
+
+    def place(self, name: str, target: Path) -> None:
+        self.ready[name].wait()
+        if name not in self.staged:
+            raise RuntimeError(f"scene '{name}' has no map, so no confidence to save")
+        move_into_place(self.staged.pop(name), target)
+
+
+def _describe(checkpoint: dict) -> dict:
+    return {k: checkpoint.get(k) for k in ("stage", "iteration", "source", "mlflow_run_id")}
 
 
 def _maps(scenes: SceneListing, scene_maps: dict[str, Path]) -> dict[str, tuple[Path, Path]]:
@@ -110,3 +181,85 @@ def score_maps(
     metrics |= {k: overall[k] for k in ("mIoU", "FWIoU", "pixel_accuracy")}
     report = {"evaluated": True, "overall": overall, "scenes": per_scene}
     return report, {k: {"value": float(v), "step": 0} for k, v in metrics.items()}
+
+
+def style_maps(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> tuple:
+    """``(scene, write)`` pairs of the QGIS styles, GDAL category names and confidence styles (None: off)."""
+    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    names = list(_maps(scenes, scene_maps))
+    styles = [(n, partial(write_qgis_style, classes=table, output_values=values)) for n in names]
+    categories = [(n, partial(write_category_names, classes=table, output_values=values)) for n in names]
+    ramp = partial(write_confidence_style, num_classes=table.num_classes) if _confidence_on(options) else None
+    return styles, categories, [(n, ramp) for n in names]
+
+
+def vectorise_maps(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> list:
+    """``(scene, write)`` pairs of each map's polygons (GeoPackage), or of None when ``vector`` is off."""
+    vector = VectorOptions.from_params(options.get("vector"))
+    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+
+    def polygons(map_path: Path):
+        if vector is None:
+            return None
+        return partial(vectorise_map, map_path, classes=table, output_values=values, options=vector)
+
+    return [(name, polygons(m)) for name, (_, m) in _maps(scenes, scene_maps).items()]
+
+
+def estimate_areas(scene_areas: dict, scene_scores: dict, classes: list[dict]) -> tuple[dict, dict]:
+    """Error-adjusted class areas over every mapped scene, from the confusion matrix of the labelled ones."""
+    names = ClassTable.from_config(classes).names
+    if not scene_scores.get("evaluated"):
+        return {"estimated": False, "reason": "no labelled scene was scored"}, {}
+    metric = all(a["pixel_area_m2"] is not None for a in scene_areas.values())
+    unit = "hectares" if metric else "pixels"  # a scene without metric pixels: the region in pixels
+    mapped = np.sum([[row[unit] for row in a["classes"]] for a in scene_areas.values()], axis=0)
+    confusion = np.sum([s["confusion"] for s in scene_scores["scenes"].values()], axis=0)
+    result = adjusted_areas(confusion, mapped, names, unit)
+    result["region"] = sorted(scene_areas)
+    result["labelled_scenes"] = sorted(scene_scores["scenes"])
+    result["applies_when"] = (
+        "the labelled pixels are a representative sample of the mapped region (labelled scenes drawn at "
+        "random from it); neighbouring pixels are correlated, so the intervals are optimistic"
+    )
+    if not result["estimated"]:
+        log.warning("No adjusted areas: %s", result["reason"])
+        return result, {}
+    short = {"hectares": "ha", "pixels": "px"}[unit]
+    metrics = {
+        f"{row['name']}.{what}_{short}": row[f"{what}_{unit}"]
+        for row in result["classes"]
+        for what in ("mapped", "adjusted", "ci95")
+    }
+    return result, {k: {"value": float(v), "step": 0} for k, v in metrics.items()}
+
+
+def catalog_scenes(
+    scenes: SceneListing,
+    scene_maps: dict,
+    scene_areas: dict,
+    scene_map_model: dict,
+    classes: list[dict],
+    options: dict,
+    **products: dict,
+):
+    """A STAC Item per mapped scene (assets: every product file present for it) and the run's Collection."""
+    maps = _maps(scenes, scene_maps)
+    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    model_runs = sorted(
+        {c["mlflow_run_id"] for c in scene_map_model["checkpoints"] if c.get("mlflow_run_id")}
+    )
+    provenance = Provenance.from_dict(
+        {"run_id": active_run_id(), "registered_models": registered_versions(model_runs)}
+    )
+    items = []
+    for name, (scene, map_path) in maps.items():
+        files = {"map": map_path} | {k: p[name] for k, p in products.items() if name in p}
+        mapped_at = dt.datetime.fromtimestamp(map_path.stat().st_mtime, dt.timezone.utc)
+        item = scene_item(
+            SceneProducts(name, scene, files), table, values, mapped_at, provenance, scene_areas.get(name)
+        )
+        items.append(item)
+    stages = ", ".join(f"{c['stage']} @ {c['iteration']}" for c in scene_map_model["checkpoints"])
+    description = f"Land-cover maps of {len(items)} scene(s) made by naic-seg with checkpoint(s) {stages}"
+    return run_collection(items, provenance, description)

@@ -19,7 +19,7 @@ from naic_seg.core.training import (
     stage_report,
     stage_scores,
 )
-from naic_seg.tracking import active_run_logger, log_artifact_file, log_params
+from naic_seg.tracking import active_run_id, active_run_logger, log_artifact_file, log_params
 
 
 def train_stage(
@@ -54,6 +54,7 @@ def train_stage(
     if result is None:
         raise RuntimeError(f"{name}: this machine held no rank-0 worker; node rank 0 writes the checkpoint")
     checkpoint = stage_checkpoint(result, name, table, config, train_manifest)
+    checkpoint["mlflow_run_id"] = active_run_id()  # links maps made with it to this run and its model
     return checkpoint, stage_report(result, name), result.grid, stage_scores(result)
 
 
