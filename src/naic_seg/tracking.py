@@ -65,3 +65,10 @@ def log_artifact_file(path: str, artifact_path: str) -> None:
 
     if mlflow.active_run() is not None:
         mlflow.log_artifact(path, artifact_path)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics, step=step)
