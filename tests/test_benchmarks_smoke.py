@@ -221,3 +221,34 @@ def test_bench_engines_measures_every_section_on_a_tiny_model(tmp_path: Path, ca
     float32 = rows.get("torch float32 vs onnxruntime", rows["torch auto precision vs onnxruntime"])
     assert float32["differing_beyond_1e-3"] == 0 and float32["max_abs_logit_diff"] < 1e-3
     assert doc["cpu"] and doc["loadavg_end"] is not None
+
+
+def test_rs8_sweep_folds_runs_each_fold_holdout_only_and_reports_mean_and_sd(tmp_path: Path, monkeypatch):
+    """--folds K: K runs of one configuration, run i holding out fold i of data_prep's K folds of groups,
+    none of them predicting the test tiles; the record gives each fold's hold-out mIoU, mean and sd."""
+    from benchmarks import rs8_sweep
+
+    args, params = rs8_sweep.config_params("recipe", "short", Path("/data/rs8"), True, (5, 3))
+    assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1,train_stage2"]
+    assert params["data_prep.fold.k"] == 5 and params["data_prep.fold.index"] == 3
+    assert "data_prep.fold.k=5,data_prep.fold.index=3" in args[-1]
+
+    calls = []
+
+    def fake_run_config(name, budget, rs8, work, timeout, holdout_only=False, fold=None):
+        calls.append((name, holdout_only, fold))
+        score = {0: 0.5, 1: 0.6, 2: 0.7}[fold[1]]
+        stage = {"val_mIoU": score, "train_seconds": 10.0}
+        return {"command": f"kedro run fold {fold[1]}", "returncode": 0, "wall_seconds": 12.0,
+                "stage1": stage, "stage2": None, "train_seconds": 10.0}  # fmt: skip
+
+    monkeypatch.setattr(rs8_sweep, "run_config", fake_run_config)
+    (tmp_path / "rs8" / "train" / "images").mkdir(parents=True)
+    argv = ["--rs8", str(tmp_path / "rs8"), "--folds", "3", "--configs", "lite0-192", "--tmp", str(tmp_path)]
+    assert rs8_sweep.main([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert calls == [("lite0-192", True, (3, i)) for i in range(3)]
+    summary = json.loads((tmp_path / "out" / "full_lite0-192_folds3.json").read_text())
+    assert summary["holdout_mIoU"] == {"mean": 0.6, "sd": 0.1, "per_fold": [0.5, 0.6, 0.7]}
+    assert summary["commands"] == [f"kedro run fold {i}" for i in range(3)] and summary["k"] == 3
+    table = rs8_sweep.markdown_table([summary]).splitlines()
+    assert table[2] == "| lite0-192 | full | 3 | 0.600 ± 0.100 | 0.500 / 0.600 / 0.700 | 30 |"

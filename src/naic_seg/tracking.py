@@ -91,3 +91,10 @@ def registered_versions(run_ids: list[str]) -> list[dict]:
             continue
         found += [{"name": v.name, "version": str(v.version), "run_id": run_id} for v in versions]
     return found
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics(metrics, step=step)

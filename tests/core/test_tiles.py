@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from naic_seg.core.holdout import Fold, GroupTable, split_holdout
 from naic_seg.core.tiles import (
     PROBLEM_LIST_LIMIT,
     TileListing,
     TileValidationError,
     id_sort_key,
     prepare,
-    split_holdout,
 )
 from tests.conftest import CLASS_VALUES, make_tree, write_tile
 
@@ -186,3 +186,45 @@ def test_parallel_inspection_matches_serial(tmp_path: Path):
     root = make_tree(tmp_path / "t", n_train=300, n_test=20, size=8)
     serial, parallel = run_prepare(root, workers=0), run_prepare(root, workers=2)
     assert serial.report == parallel.report and serial.val_manifest == parallel.val_manifest
+
+
+def write_sources(root: Path, skip: set[str] = frozenset()) -> GroupTable:
+    """rs8-style sources: tile i of the 12 comes from scene i // 3 (offsets after '@')."""
+    ids = sorted((p.stem for p in (root / "train" / "images").iterdir()), key=id_sort_key)
+    rows = [f'{tid},"scene{i // 3}.jpg@{i % 3},0"' for i, tid in enumerate(ids) if tid not in skip]
+    (root / "sources.csv").write_text("id,source\n" + "\n".join(rows) + "\n")
+    return GroupTable(str(root / "sources.csv"), "source", pattern="^([^@]+)")
+
+
+def test_grouped_holdout_keeps_scenes_apart_and_is_reported(tile_tree: Path):
+    result = run_prepare(tile_tree, holdout=3, groups=write_sources(tile_tree), seed=5)
+    holdout = result.report["holdout"]
+    assert holdout["kind"] == "grouped" and holdout["groups"] == {"train": 3, "val": 1}
+    assert len(result.val_manifest) == 3 == result.report["counts"]["val"]
+    ids = sorted((p.stem for p in (tile_tree / "train" / "images").iterdir()), key=id_sort_key)
+    scene = {tid: f"scene{i // 3}.jpg" for i, tid in enumerate(ids)}
+    val = {scene[Path(e["filename"]).stem] for e in result.val_manifest}
+    assert val == set(holdout["held_out"]) and len(val) == 1
+    assert val.isdisjoint(scene[Path(e["filename"]).stem] for e in result.train_manifest)
+    assert holdout["classes_without_val_pixels"] == []
+    assert run_prepare(tile_tree, holdout=0.25).report["holdout"]["kind"] == "random"
+
+
+def test_fold_of_groups_is_the_holdout(tile_tree: Path):
+    table = write_sources(tile_tree)
+    vals = [run_prepare(tile_tree, groups=table, fold=Fold(4, i)).val_manifest for i in range(4)]
+    files = [e["filename"] for v in vals for e in v]
+    assert sorted(files) == sorted(str(p) for p in (tile_tree / "train" / "images").iterdir())
+    assert all(len(v) == 3 for v in vals)
+    report = run_prepare(tile_tree, groups=table, fold=Fold(4, 1)).report
+    assert report["holdout"]["fold"] == {"k": 4, "index": 1}
+
+
+def test_tiles_the_group_table_does_not_name_are_listed_before_inspection(tile_tree: Path, monkeypatch):
+    table = write_sources(tile_tree, skip={"1000", "1014"})
+    monkeypatch.setattr("naic_seg.core.tiles.inspect_pairs", lambda *a: pytest.fail("inspected"))
+    image = tile_tree / "train" / "images" / "1000.tif"
+    error = expect_problem(tile_tree, image, "not in the hold-out group", groups=table)
+    assert len(error.problems) == 2 and "1014.tif" in str(error)
+    table = GroupTable(str(tile_tree / "sources.csv"), "scene")
+    expect_problem(tile_tree, tile_tree / "sources.csv", "no column ['scene']", groups=table)

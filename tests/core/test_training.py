@@ -10,6 +10,7 @@ import torch
 
 from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.labels import ClassTable
+from naic_seg.core.models import build_model
 from naic_seg.core.synthetic import write_synthetic_tiles
 from naic_seg.core.tiles import TileListing, prepare
 from naic_seg.core.training import (
@@ -21,6 +22,7 @@ from naic_seg.core.training import (
     train,
 )
 
+PHOTOMETRIC = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "gamma": [0.8, 1.25]}
 MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
 
 
@@ -102,13 +104,11 @@ def test_loss_falls_and_validation_miou_rises_well_above_chance(manifests, tmp_p
     assert steps == {60}
 
 
-# bf16 explicitly (not "auto"), so the bf16 path is checked on every CPU, native or emulated.
-@pytest.mark.parametrize("amp", ["none", "bf16"])
-def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
-    manifests, tmp_path, caplog, amp
-):
+def assert_killed_run_resumes_exactly(manifests, tmp_path: Path, caplog, **overrides) -> None:
+    """Train 12 iterations straight, and again killed at 10 (last checkpoint 8) then resumed: the same
+    weights and scores, bit for bit."""
     train_m, val_m = manifests
-    reference = train(MODEL, config(tmp_path / "a", amp=amp), train_m, val_m, ClassTable.naic())
+    reference = train(MODEL, config(tmp_path / "a", **overrides), train_m, val_m, ClassTable.naic())
 
     class Killed(Exception):
         pass
@@ -117,7 +117,7 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
         if step == 10:
             raise Killed
 
-    cfg = config(tmp_path / "b", log_interval=2, amp=amp)
+    cfg = config(tmp_path / "b", log_interval=2, **overrides)
     with pytest.raises(Killed):
         train(MODEL, cfg, train_m, val_m, ClassTable.naic(), log_fn=kill_at_10)
     assert torch.load(Path(cfg.work_dir) / RESUME_FILE, weights_only=True)["iteration"] == 8
@@ -133,6 +133,23 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run
     for key, value in reference.state_dict.items():
         assert torch.equal(value, resumed.state_dict[key]), key
     assert resumed.metrics == reference.metrics
+
+
+# bf16 explicitly (not "auto"), so the bf16 path is checked on every CPU, native or emulated.
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
+    manifests, tmp_path, caplog, amp
+):
+    assert_killed_run_resumes_exactly(manifests, tmp_path, caplog, amp=amp)
+
+
+def test_killed_run_with_photometric_scale_and_ema_resumes_bit_exact(manifests, tmp_path, caplog):
+    """The augmentation draws come from the sample's seed and the weight average is in the resume file."""
+    levers = {
+        "augment": {"hflip": True, "photometric": PHOTOMETRIC, "scale": [0.75, 1.5]},
+        "ema": {"decay": 0.9},
+    }
+    assert_killed_run_resumes_exactly(manifests, tmp_path, caplog, **levers)
 
 
 def test_same_seed_gives_the_same_weights(manifests, tmp_path):
@@ -213,3 +230,57 @@ def test_a_bf16_trained_checkpoint_is_float32_and_predicts_the_same_classes_with
     clear = (top2[:, 0] - top2[:, 1]) > 0.05  # bf16 keeps 8 bits of mantissa: closer calls may flip
     assert clear.float().mean() > 0.5
     assert torch.equal(fp32.argmax(1)[clear], bf16.argmax(1)[clear])
+
+
+def test_the_saved_and_evaluated_model_is_the_running_average_of_the_weights(
+    manifests, tmp_path, monkeypatch
+):
+    """EMA: computed here from the weights after each step (float64), it equals what the stage returns;
+    BatchNorm's running statistics are the trained model's own."""
+    from naic_seg.core.training.engine import Stage
+
+    trajectory = []
+    step = Stage.step
+
+    def recording_step(self, batch, lr):
+        if not trajectory:
+            trajectory.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        out = step(self, batch, lr)
+        trajectory.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(Stage, "step", recording_step)
+    train_m, val_m = manifests
+    result = train(
+        MODEL, config(tmp_path, iterations=6, ema={"decay": 0.8}), train_m, val_m, ClassTable.naic()
+    )
+    assert len(trajectory) == 7
+    params = {name for name, _ in build_model(**MODEL).named_parameters()}
+    for key, saved in result.state_dict.items():
+        if key not in params:  # a buffer: copied from the trained model
+            assert torch.equal(saved, trajectory[-1][key]), key
+            continue
+        average = trajectory[0][key].double()
+        for t in range(1, 7):
+            d = min(0.8, (1 + t) / (10 + t))
+            average = d * average + (1 - d) * trajectory[t][key].double()
+        torch.testing.assert_close(saved.double(), average, rtol=1e-5, atol=1e-6, msg=key)
+    moved = [k for k in params if not torch.equal(result.state_dict[k], trajectory[-1][k])]
+    assert len(moved) > len(params) // 2  # the average is not the last weights
+    plain = train(MODEL, config(tmp_path / "plain", iterations=6), train_m, val_m, ClassTable.naic())
+    assert plain.metrics != result.metrics  # the evaluation scored the average
+
+
+def test_changed_levers_are_refused_on_resume_and_bad_ones_before_training(manifests, tmp_path):
+    train_m, val_m = manifests
+    on = {"augment": {"photometric": {"brightness": 0.2}}, "ema": {"decay": 0.99}}
+    train(MODEL, config(tmp_path, iterations=4, **on), train_m, val_m, ClassTable.naic())
+    brighter = {**on, "augment": {"photometric": {"brightness": 0.3}}}
+    with pytest.raises(CheckpointError, match="augment differ"):
+        train(MODEL, config(tmp_path, iterations=4, **brighter), train_m, val_m, ClassTable.naic())
+    with pytest.raises(CheckpointError, match="ema differ"):
+        train(MODEL, config(tmp_path, iterations=4, augment=on["augment"]), train_m, val_m, ClassTable.naic())
+    with pytest.raises(ValueError, match="ema.decay must be in"):
+        config(tmp_path, ema={"decay": 1.0})
+    with pytest.raises(ValueError, match="unknown augment option"):
+        config(tmp_path, augment={"rotate": 90})

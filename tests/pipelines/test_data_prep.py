@@ -91,3 +91,46 @@ def test_kedro_cli_registry_and_runtime_data_root(tmp_path: Path, kedro_project:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     test = json.loads((kedro_project / "data/05_model_input/test_manifest.json").read_text())
     assert len(test) == 2 and PROJECT_ROOT.exists()
+
+
+def test_grouped_fold_holdout_through_kedro_is_reported_and_a_table_gap_writes_nothing(
+    kedro_runner, tmp_path: Path
+):
+    root = make_tree(tmp_path / "tiles", n_train=12, n_test=2)
+    ids = sorted(p.stem for p in (root / "train" / "images").iterdir())
+    (root / "groups.csv").write_text("tile,scene\n" + "".join(f"{t},s{i // 4}\n" for i, t in enumerate(ids)))
+    table = {"csv": str(root / "groups.csv"), "id_column": "tile", "group_column": "scene"}
+    options = {"holdout_groups": table, "fold": {"k": 3, "index": 2}}
+    kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": options})
+    report = json.loads(kedro_runner.path("data/08_reporting/dataset_report.json").read_text())
+    assert report["holdout"]["kind"] == "grouped" and report["holdout"]["fold"] == {"k": 3, "index": 2}
+    assert report["counts"]["val"] == 4 and len(report["holdout"]["held_out"]) == 1
+    assert len(read_manifest(kedro_runner, "val_manifest")) == 4
+
+    outputs = [kedro_runner.path(f"data/05_model_input/{m}.json") for m in MANIFESTS]
+    for path in outputs:
+        path.unlink()
+    (root / "groups.csv").write_text("tile,scene\n" + "".join(f"{t},s0\n" for t in ids[1:]))
+    with pytest.raises(TileValidationError, match=f"{ids[0]}.tif: tile id not in the hold-out group table"):
+        kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": options})
+    assert not any(path.exists() for path in outputs)
+    with pytest.raises(ValueError, match=r"unknown data_prep parameter\(s\) \['hold_out'\]"):
+        kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": {"hold_out": 3}})
+
+
+@pytest.mark.realdata
+def test_rs8_environment_holds_out_whole_source_images(kedro_runner, rs8_root: Path):
+    """conf/rs8 finds sources.csv under data_root and keeps every source image on one side."""
+    import csv
+
+    kedro_runner.run("data_prep", env="rs8", params={"data_root": str(rs8_root)})
+    report = json.loads(kedro_runner.path("data/08_reporting/dataset_report.json").read_text())
+    assert report["holdout"]["kind"] == "grouped" and report["holdout"]["classes_without_val_pixels"] == []
+    assert abs(report["counts"]["val"] - 73) <= 24  # a DeepGlobe image: 24 tiles, the largest group
+    with open(rs8_root / "train" / "sources.csv", newline="") as f:
+        source = {row["id"]: row["source"].split("@")[0] for row in csv.DictReader(f)}
+    sides = [
+        {source[Path(e["filename"]).stem] for e in read_manifest(kedro_runner, m)}
+        for m in ("train_manifest", "val_manifest")
+    ]
+    assert sides[0].isdisjoint(sides[1]) and sides[1] == set(report["holdout"]["held_out"])

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from naic_seg.core.augment import check_augment, flip, photometric, rescale_crop
 from naic_seg.core.labels import ClassTable
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,15 +63,6 @@ def resize_index_map(index: np.ndarray, size: int | None) -> np.ndarray:
     return np.asarray(Image.fromarray(index).resize((size, size), Image.NEAREST))
 
 
-def flip(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, augment: dict):
-    """The optional flips (off by default: the reference found they hurt on NAIC)."""
-    if augment.get("hflip") and rng.random() < 0.5:
-        image, label = image[:, ::-1], None if label is None else label[:, ::-1]
-    if augment.get("vflip") and rng.random() < 0.5:
-        image, label = image[::-1], None if label is None else label[::-1]
-    return image, label
-
-
 class ManifestDataset(torch.utils.data.Dataset):
     """Tiles of a manifest as ``{"image": uint8 3xSxS, "label": int64 SxS, "index": i}``.
 
@@ -80,8 +72,10 @@ class ManifestDataset(torch.utils.data.Dataset):
         size: square input size (bilinear image, nearest label), or None to keep each tile's size.
         label_size: "input" resizes labels with the image (training); "original" keeps the tile's own
             label (evaluation at the original size); None loads no label (prediction).
-        augment: ``{"hflip": bool, "vflip": bool}``; drawn from ``seed`` and the sample's position in
-            the stream, so a run is reproducible whatever the number of workers, and resumable.
+        augment: ``{"hflip": bool, "vflip": bool, "photometric": {...}, "scale": [low, high]}`` (see
+            :mod:`naic_seg.core.augment`; photometric and scale need labels, so training only); drawn from
+            ``seed`` and the sample's position in the stream, so a run is reproducible whatever the number
+            of workers, and resumable.
         keep_above: tiles with a side above this are not resized (prediction slides windows over them).
     """
 
@@ -101,6 +95,7 @@ class ManifestDataset(torch.utils.data.Dataset):
         self.classes = classes
         self.size = size
         self.label_size = label_size
+        check_augment(augment)
         self.augment = {k: v for k, v in (augment or {}).items() if v}
         self.seed = seed
         self.keep_above = keep_above  # tiles with a side above this keep their size (sliding windows)
@@ -120,20 +115,30 @@ class ManifestDataset(torch.utils.data.Dataset):
                     f"label '{entry['ann']['seg_map']}' is {label.shape[1]}x{label.shape[0]} but its image "
                     f"'{entry['filename']}' is {image.shape[1]}x{image.shape[0]}"
                 )
-        if self.augment:
-            rng = np.random.default_rng((self.seed, position))
-            image, label = flip(image, label, rng, self.augment)
         size = None if self.keep_above and max(image.shape[:2]) > self.keep_above else self.size
+        orig_size = torch.tensor(image.shape[:2])
+        if self.augment:
+            image, label = self._augmented(image, label, position, size)
         sample = {
             "image": torch.from_numpy(np.ascontiguousarray(resize_image(image, size).transpose(2, 0, 1))),
             "index": index,
-            "orig_size": torch.tensor(image.shape[:2]),
+            "orig_size": orig_size,
         }
         if label is not None:
             if self.label_size == "input":
                 label = resize_index_map(label, size)
             sample["label"] = torch.from_numpy(label.astype(np.int64))
         return sample
+
+    def _augmented(self, image: np.ndarray, label: np.ndarray | None, position: int, size: int | None):
+        """Flips, then photometric changes (image only), then rescale and crop: one generator per sample."""
+        rng = np.random.default_rng((self.seed, position))
+        image, label = flip(image, label, rng, self.augment)
+        if "photometric" in self.augment:
+            image = photometric(image, rng, self.augment["photometric"])
+        if "scale" in self.augment and label is not None:
+            image, label = rescale_crop(image, label, rng, self.augment["scale"], size)
+        return image, label
 
 
 def collate(samples: list[dict]) -> dict:

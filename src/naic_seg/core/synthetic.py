@@ -87,6 +87,9 @@ def write_synthetic_tiles(
 ) -> Path:
     """Write ``root/{train,test}/{images,labels}`` once; later calls find the marker and return.
 
+    Like rs8, ``train/sources.csv`` names each train tile's source (``synthetic:<id>.tif``): every tile is
+    drawn on its own, so each is its own source, and ``conf/rs8``'s grouped hold-out runs on these trees.
+
     The tree is built in a temporary folder and renamed into place, so a killed run leaves no half tree.
     """
     root = Path(root)
@@ -103,6 +106,9 @@ def write_synthetic_tiles(
             (tmp / split / "labels").mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(tmp / split / "images" / f"{tid}.tif", compression="tiff_lzw")
             Image.fromarray(label).save(tmp / split / "labels" / f"{tid}.png")
+        if n_train:
+            rows = "".join(f"{tid},synthetic:{tid}.tif\n" for tid in ids[:n_train])
+            (tmp / "train" / "sources.csv").write_text("id,source\n" + rows)
         (tmp / COMPLETE_MARKER).write_text(f"seed={seed} train={n_train} test={n_test} size={size}\n")
     return root
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from naic_seg.core.holdout import Fold, GroupTable, choose_holdout
 
 log = logging.getLogger(__name__)
 
@@ -239,18 +240,6 @@ def inspect_pairs(pairs: Sequence[tuple[str, str | None]], opts: InspectOptions,
             yield from result
 
 
-def split_holdout(n: int, holdout: float | int, seed: int) -> np.ndarray:
-    """Boolean mask of the hold-out tiles: ``holdout`` is a count (>= 1) or a fraction (< 1)."""
-    if isinstance(holdout, bool) or holdout < 0:
-        raise ValueError(f"holdout must be a non-negative count or a fraction in (0, 1), got {holdout!r}")
-    k = round(holdout * n) if holdout < 1 else int(holdout)
-    if holdout and not 0 < k < n:
-        raise ValueError(f"holdout {holdout!r} of {n} tiles leaves no training or no validation tile")
-    mask = np.zeros(n, dtype=bool)
-    mask[random.Random(seed).sample(range(n), k)] = True
-    return mask
-
-
 @dataclass
 class PreparedData:
     train_manifest: list[dict]
@@ -259,20 +248,25 @@ class PreparedData:
     report: dict
 
 
-def prepare(
-    train_images: TileListing,
-    train_labels: TileListing,
-    test_images: TileListing,
-    label_values: Sequence[int],
-    class_names: Sequence[str],
-    ignore_values: Sequence[int] = (0,),
-    holdout: float | int = 0.1,
-    seed: int = 1996,
-    workers: int | None = None,
-) -> PreparedData:
-    """Validate the raw tiles, split a seeded hold-out, and build manifests and report."""
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    opts = InspectOptions(tuple(int(v) for v in label_values), tuple(int(v) for v in ignore_values))
+@dataclass
+class _Inputs:
+    """The scanned folders: train pairs, test images, skipped files and the problems found so far."""
+
+    pairs: list[tuple[str, str]]
+    test_pairs: list[tuple[str, None]]
+    skipped: list[str]
+    problems: list[tuple[str, str]]
+
+
+@dataclass
+class _Inspection:
+    class_counts: np.ndarray  # train tiles x (classes + ignore)
+    sizes: dict[str, Counter]
+    notes: list[str]
+    test_sizes: list  # (width, height) of each test tile: the submission's entries must match them
+
+
+def _scan_inputs(train_images: TileListing, train_labels: TileListing, test_images: TileListing) -> _Inputs:
     scans = {
         "train images": scan_files(train_images.folder, train_images.files, IMAGE_SUFFIXES, "image"),
         "train labels": scan_files(train_labels.folder, train_labels.files, LABEL_SUFFIXES, "label"),
@@ -286,49 +280,116 @@ def prepare(
     if skipped:
         log.warning("Skipped %d non-image file(s), e.g. %s", len(skipped), ", ".join(skipped[:5]))
     pairs, pair_problems = pair_by_id(scans["train images"], scans["train labels"])
-    problems += pair_problems
-    test_pairs = [
-        (scans["test images"].files[t], None) for t in sorted(scans["test images"].files, key=id_sort_key)
-    ]
+    test_files = scans["test images"].files
+    test_pairs = [(test_files[t], None) for t in sorted(test_files, key=id_sort_key)]
+    return _Inputs(pairs, test_pairs, skipped, problems + pair_problems)
 
-    n_cls = len(opts.label_values)
-    class_counts = np.zeros((len(pairs), n_cls + 1), dtype=np.int64)
-    sizes: dict[str, Counter] = {"train": Counter(), "test": Counter()}
-    notes = []
-    test_sizes = []  # (width, height) of each test tile: the submission's entries must match them
-    for i, (size, counts, note, tile_problems) in enumerate(inspect_pairs(pairs + test_pairs, opts, workers)):
-        problems += tile_problems
+
+def _tile_groups(table: GroupTable | None, pairs: Sequence[tuple[str, str]]) -> tuple[list | None, list]:
+    """Each train tile's group from ``table`` (None without one), and the problems: the table's own and
+    every tile it does not name."""
+    if table is None:
+        return None, []
+    groups, problems = table.read()
+    if problems:
+        return None, problems
+    unknown = [image for image, _ in pairs if tile_id(image) not in groups]
+    problems = [(image, f"tile id not in the hold-out group table {table.csv}") for image in unknown]
+    return [groups.get(tile_id(image)) for image, _ in pairs], problems
+
+
+def _inspect(inputs: _Inputs, opts: InspectOptions, workers: int) -> _Inspection:
+    pairs, everything = inputs.pairs, inputs.pairs + inputs.test_pairs
+    found = _Inspection(
+        np.zeros((len(pairs), len(opts.label_values) + 1), dtype=np.int64),
+        {"train": Counter(), "test": Counter()},
+        [],
+        [],
+    )
+    for i, (size, counts, note, tile_problems) in enumerate(inspect_pairs(everything, opts, workers)):
+        inputs.problems += tile_problems
         split = "train" if i < len(pairs) else "test"
         if size:
-            sizes[split][f"{size[0]}x{size[1]}"] += 1
+            found.sizes[split][f"{size[0]}x{size[1]}"] += 1
         if split == "test":
-            test_sizes.append(size)
+            found.test_sizes.append(size)
         if note:
-            notes.append((pairs + test_pairs)[i][0] + ": " + note)
+            found.notes.append(everything[i][0] + ": " + note)
         if counts is not None:
-            class_counts[i] = counts
-    if problems:
-        raise TileValidationError(problems)
-    if notes:
-        log.warning("%d image(s) converted on read: %s", len(notes), "; ".join(notes[:5]))
+            found.class_counts[i] = counts
+    return found
 
-    val_mask = split_holdout(len(pairs), holdout, seed)
-    train = [
-        {"filename": img, "ann": {"seg_map": lab}}
-        for (img, lab), v in zip(pairs, val_mask, strict=True)
-        if not v
-    ]
-    val = [
-        {"filename": img, "ann": {"seg_map": lab}} for (img, lab), v in zip(pairs, val_mask, strict=True) if v
-    ]
+
+def prepare(
+    train_images: TileListing,
+    train_labels: TileListing,
+    test_images: TileListing,
+    label_values: Sequence[int],
+    class_names: Sequence[str],
+    ignore_values: Sequence[int] = (0,),
+    holdout: float | int = 0.1,
+    seed: int = 1996,
+    workers: int | None = None,
+    groups: GroupTable | None = None,
+    fold: Fold | None = None,
+) -> PreparedData:
+    """Validate the raw tiles, split a seeded hold-out, and build manifests and report.
+
+    ``groups`` (a tile id -> group table) makes the hold-out whole groups; ``fold`` makes it fold
+    ``fold.index`` of ``fold.k`` folds (of groups, or of tiles without ``groups``), ``holdout`` unused.
+    """
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    opts = InspectOptions(tuple(int(v) for v in label_values), tuple(int(v) for v in ignore_values))
+    inputs = _scan_inputs(train_images, train_labels, test_images)
+    tile_groups, group_problems = _tile_groups(groups, inputs.pairs)
+    if group_problems:  # a wrong table or parameter: say so before the long inspection
+        raise TileValidationError(inputs.problems + group_problems)
+    found = _inspect(inputs, opts, workers)
+    if inputs.problems:
+        raise TileValidationError(inputs.problems)
+    if found.notes:
+        log.warning("%d image(s) converted on read: %s", len(found.notes), "; ".join(found.notes[:5]))
+
+    val_mask = choose_holdout(found.class_counts[:, :-1], holdout, seed, tile_groups, fold)
+    entries = [{"filename": img, "ann": {"seg_map": lab}} for img, lab in inputs.pairs]
     test = [
-        {"filename": img, "size": list(size)} for (img, _), size in zip(test_pairs, test_sizes, strict=True)
+        {"filename": img, "size": list(size)}
+        for (img, _), size in zip(inputs.test_pairs, found.test_sizes, strict=True)
     ]
     report = build_report(
-        class_counts, val_mask, class_names, label_values, sizes, len(test), len(skipped), notes
+        found.class_counts,
+        val_mask,
+        class_names,
+        label_values,
+        found.sizes,
+        len(test),
+        len(inputs.skipped),
+        found.notes,
     )
-    report["holdout"] = {"size": holdout, "seed": seed}
+    report["holdout"] = holdout_report(holdout, seed, groups, fold, tile_groups, val_mask, report)
+    train = [e for e, v in zip(entries, val_mask, strict=True) if not v]
+    val = [e for e, v in zip(entries, val_mask, strict=True) if v]
     return PreparedData(train, val, test, report)
+
+
+def holdout_report(holdout, seed, groups, fold, tile_groups, val_mask, report) -> dict:
+    """How the hold-out was drawn; for groups, which were held out; classes the hold-out lacks."""
+    info = {"size": holdout, "seed": seed, "kind": "random" if groups is None else "grouped"}
+    info["fold"] = None if fold is None else {"k": fold.k, "index": fold.index}
+    if groups is not None:
+        held = sorted({g for g, v in zip(tile_groups, val_mask, strict=True) if v})
+        kept = {g for g, v in zip(tile_groups, val_mask, strict=True) if not v}
+        info.update(table=groups.describe(), groups={"train": len(kept), "val": len(held)}, held_out=held)
+    train, val = report["train_pixels"]["classes"], report["val_pixels"]["classes"]
+    info["classes_without_val_pixels"] = [
+        t["name"] for t, v in zip(train, val, strict=True) if t["pixels"] and not v["pixels"]
+    ]
+    if info["classes_without_val_pixels"]:
+        log.warning(
+            "The hold-out holds no pixel of %s: its scores leave these classes out",
+            ", ".join(info["classes_without_val_pixels"]),
+        )
+    return info
 
 
 def build_report(class_counts, val_mask, class_names, label_values, sizes, n_test, n_skipped, notes) -> dict:

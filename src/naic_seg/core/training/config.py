@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from naic_seg.core.augment import check_augment
 from naic_seg.core.runtime import AMP_CHOICES
+from naic_seg.core.training.average import check_ema
 from naic_seg.core.training.loss import check_ohem
 
 
@@ -26,7 +28,8 @@ class TrainConfig:
     ohem_thresh: float | None = None  # None: plain cross-entropy; else mmsegmentation's OHEM pixel sampling
     ohem_min_kept: int = 100000  # OHEM keeps at least this many pixels of each batch (per process)
     input_size: int | None = 512
-    augment: dict = field(default_factory=dict)
+    augment: dict = field(default_factory=dict)  # hflip, vflip, photometric, scale: see core.augment
+    ema: dict | None = None  # None: no average; {decay: 0.999}: evaluate and save an average of the weights
     workers: int = 2
     eval_interval: int = 8000
     eval_batch_size: int | None = None
@@ -59,6 +62,8 @@ class TrainConfig:
         if cfg.encoder_lr_mult < 0:
             raise ValueError(f"encoder_lr_mult must be >= 0, got {cfg.encoder_lr_mult}")
         check_ohem(cfg.ohem_thresh, cfg.ohem_min_kept)
+        check_augment(cfg.augment)
+        check_ema(cfg.ema)
         return cfg
 
     def fingerprint(self, model_config: dict, n_train: int, world_size: int) -> dict:
@@ -78,9 +83,12 @@ class TrainConfig:
             "ohem_min_kept",
             "input_size",
             "augment",
+            "ema",
             "seed",
         )
         fields = {k: getattr(self, k) for k in keys}
+        # An option set to null is off, as if absent: resume files written before it existed still match.
+        fields["augment"] = {k: v for k, v in self.augment.items() if v is not None}
         return {"model": dict(model_config), **fields, "n_train": n_train, "world_size": world_size}
 
     def lr_at(self, iteration: int) -> float:

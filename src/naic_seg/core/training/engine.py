@@ -20,6 +20,7 @@ from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
 from naic_seg.core.models import build_model, convert_sync_batchnorm, input_normalization
 from naic_seg.core.runtime import Runtime
+from naic_seg.core.training.average import WeightAverage
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.evaluation import evaluate
 from naic_seg.core.training.loss import SegmentationLoss, resolve_class_weight
@@ -76,6 +77,7 @@ class Stage:
             # SyncBatchNorm runs on GPUs only; on CPU (gloo) each rank normalises over its own batch.
             model = convert_sync_batchnorm(model)
         self.model = runtime.place_model(model)
+        self.average = WeightAverage(self.model, cfg.ema["decay"]) if cfg.ema else None
         self.optimizer = torch.optim.SGD(
             _param_groups(model, cfg.encoder_lr_mult),
             lr=cfg.lr,
@@ -97,16 +99,30 @@ class Stage:
             self.run_model = torch.compile(self.run_model)
 
     def state(self) -> dict:
-        return {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
         }
+        if self.average is not None:
+            state["ema"] = self.average.model.state_dict()
+        return state
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            self.average.model.load_state_dict(state["ema"], strict=True)
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What is evaluated and saved: the weight average when ``ema`` is set, else the trained model."""
+        return self.run_model if self.average is None else self.average.model
+
+    def update_average(self, iteration: int) -> None:
+        if self.average is not None:
+            self.average.update(self.model, iteration)
 
     def step(self, batch: dict, lr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One SGD step on loss + aux_weight x auxiliary loss; returns (loss, aux loss, total), detached."""
@@ -130,7 +146,8 @@ class Stage:
         return loss.detach(), aux_loss.detach(), total.detach()
 
     def final_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        model = self.model if self.average is None else self.average.model
+        return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def _param_groups(model: torch.nn.Module, encoder_lr_mult: float) -> list[dict]:
@@ -154,7 +171,7 @@ class _Evaluations:
     def run(self, iteration: int) -> None:
         cfg = self.stage.cfg
         cm, grid = evaluate(
-            self.stage.run_model,
+            self.stage.eval_model,
             self.val_manifest,
             self.classes,
             cfg.input_size,
@@ -190,7 +207,10 @@ class _Evaluations:
 
 
 def _batches(manifest, classes: ClassTable, cfg: TrainConfig, runtime: Runtime, start: int, rank, world):
-    """The endless, seeded, resumable stream of training batches from iteration ``start`` on."""
+    """The endless, seeded, resumable stream of training batches from iteration ``start`` on; nothing (no
+    loader, no worker processes) when there is nothing left to train."""
+    if cfg.iterations <= start:
+        return iter(())
     dataset = ManifestDataset(
         manifest, classes, cfg.input_size, label_size="input", augment=cfg.augment, seed=cfg.seed
     )
@@ -225,12 +245,7 @@ def train(
     if cfg.iterations == 0 and main:
         log.info("iterations: 0, so no training: the starting model is scored on the hold-out and passed on")
     stage.wrap(world_size)
-    # No loader (and no worker processes) when there is nothing left to train.
-    batches = (
-        _batches(train_manifest, classes, cfg, runtime, start, rank, world_size)
-        if cfg.iterations > start
-        else iter(())
-    )
+    batches = _batches(train_manifest, classes, cfg, runtime, start, rank, world_size)
     window = LogWindow(runtime.device, cfg.batch_size * world_size)
     progress = Progress(cfg.iterations, start, enabled=main)
     nonfinite = torch.zeros((), dtype=torch.bool, device=runtime.device)
@@ -239,6 +254,7 @@ def train(
         for done in range(start + 1, cfg.iterations + 1):
             lr = cfg.lr_at(done - 1)
             loss, aux_loss, total = stage.step(next(batches), lr)
+            stage.update_average(done)
             nonfinite |= ~torch.isfinite(total)
             window.add(loss, aux_loss)
             at_log, at_eval, at_ckpt = cfg.due(done)

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+from naic_seg.core.holdout import Fold, GroupTable
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.tiles import TileListing, prepare
+from naic_seg.tracking import log_metrics, log_params
+
+OPTIONS = ("holdout", "seed", "workers", "holdout_groups", "fold")
+# MLflow keeps a parameter value to 6000 characters; the report artifact lists every group.
+MLFLOW_PARAM_LIMIT = 6000
 
 
 def prepare_manifests(
@@ -13,6 +19,9 @@ def prepare_manifests(
     options: dict,
 ) -> tuple[list[dict], list[dict], list[dict], dict]:
     """Validate every raw tile, then split the seeded hold-out; raises before anything is written."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown data_prep parameter(s) {unknown}; valid: {sorted(OPTIONS)}")
     table = ClassTable.from_config(classes)
     prepared = prepare(
         train_images,
@@ -24,5 +33,27 @@ def prepare_manifests(
         holdout=options.get("holdout", 0.05),
         seed=options.get("seed", 1996),
         workers=options.get("workers"),
+        groups=GroupTable.from_params(options.get("holdout_groups")),
+        fold=Fold.from_params(options.get("fold")),
     )
+    log_holdout(prepared.report)
     return prepared.train_manifest, prepared.val_manifest, prepared.test_manifest, prepared.report
+
+
+def log_holdout(report: dict) -> None:
+    """The hold-out's kind, its groups and the per-class pixel shares of both sides, into the MLflow run."""
+    holdout = report["holdout"]
+    params = {"holdout.kind": holdout["kind"]}
+    if holdout["kind"] == "grouped":
+        held, count = ",".join(holdout["held_out"]), len(holdout["held_out"])
+        if len(held) > MLFLOW_PARAM_LIMIT:
+            held = held[: MLFLOW_PARAM_LIMIT - 40].rsplit(",", 1)[0] + f",... ({count} in all)"
+        params["holdout.groups_held_out"] = held
+    log_params(params)
+    metrics = {"holdout.val_tiles": report["counts"]["val"]}
+    if holdout["kind"] == "grouped":
+        metrics["holdout.val_groups"] = holdout["groups"]["val"]
+    for side in ("train", "val"):
+        for c in report[f"{side}_pixels"]["classes"]:
+            metrics[f"holdout.{side}_share.{c['name']}"] = c["frequency"]
+    log_metrics(metrics)
