@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
+from naic_seg.core.distributed import MapDistributed, ModelSpec, client_predictor
+from naic_seg.core.distributed_map import DistributedSceneMapper
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
 from naic_seg.core.predict import PredictConfig, Predictor
@@ -43,7 +45,9 @@ def map_scenes(
     options: dict,
 ) -> list:
     """Every scene is checked and the models built now, so bad input fails before any work; the maps are
-    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs."""
+    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs, in-process or,
+    with ``distributed.address`` set, by tasks on a Dask cluster (the client joins bands of big scenes)."""
+    distributed = MapDistributed.from_params(options.get("distributed"), "map_scenes")
     if not scenes.scenes:
         log.info("No scenes in '%s': nothing to map", scenes.folder)
         return []
@@ -52,8 +56,11 @@ def map_scenes(
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
     checkpoints = select_checkpoints(options.get("checkpoints", ["stage2"]), available)
     cfg = PredictConfig(**{k: options[k] for k in PREDICT_KEYS if k in options})
-    predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
-    log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
+    if distributed.in_process:
+        predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
+        log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
+    else:  # the workers build their own; this one checks the checkpoints and gives the geometry
+        predictor = client_predictor(checkpoints, cfg, table)
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
     # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).
@@ -61,6 +68,9 @@ def map_scenes(
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
+    if not distributed.in_process:
+        spec = ModelSpec.of(checkpoints, cfg, table)
+        return DistributedSceneMapper(infos, spec, opts, distributed).pairs()
     write = partial(map_scene, logits_fn=predictor.window_logits, classes=table, options=opts)
     return [(info.name, partial(write, info.path)) for info in infos]
 
