@@ -145,10 +145,12 @@ class DistributedSceneMapper:
         try:
             results = [self._result(future) for future in self.futures[info.name]]
             bands = self.bands[info.name]
+            joined = time.perf_counter()
             if bands:
                 parts = [(band, band_file(target, band)) for band in bands]
                 join_bands(info.path, parts, target, self.classes, self.options)
                 self._remove_band_files(info.name)
+            joined = time.perf_counter() - joined
         except BaseException:
             self.close()
             raise
@@ -156,6 +158,8 @@ class DistributedSceneMapper:
         result = (
             results[0] if not bands else merged_result(info.name, results, sum(r.seconds for r in results))
         )
+        if bands:
+            result.extra["join_s"] = joined
         self._log_engine(results[0])
         log.info(
             "%s: %d x %d mapped (%d task(s), %.1f s of worker time) -> %s",

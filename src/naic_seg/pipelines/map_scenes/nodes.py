@@ -59,8 +59,9 @@ def map_scenes(
     if distributed.in_process:
         predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
         log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
-    else:  # the workers build their own; this one checks the checkpoints and gives the geometry
+    else:  # the workers build their own (the first result logs its engine); this one checks and measures
         predictor = client_predictor(checkpoints, cfg, table)
+        log_params({"map_scenes.distributed.address": distributed.address})
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
     # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).

@@ -44,6 +44,7 @@ def predict_test_tiles(
     table, cfg = ClassTable.from_config(classes), PredictConfig(**options)
     if not distributed.in_process:  # checked here, predicted by chunks on the cluster's workers
         client_predictor(checkpoints, cfg, table)
+        log_params({"submit.distributed.address": distributed.address, "submit.engine_asked": cfg.engine})
         return distributed_records(test_manifest, ModelSpec.of(checkpoints, cfg, table), distributed)
     predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
     log_params({"submit.engine_used": predictor.engine.describe()[:500]})
