@@ -552,10 +552,10 @@ class _Blender:
 
 
 def _strips(
-    src, options: SceneOptions, limits, ys: _Axis, path: Path
+    src, options: SceneOptions, limits, ys: _Axis, path: Path, rows: range
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(uint8 image, valid mask) of each row of windows, full width. The next one is read in a thread while
-    this one is predicted: GDAL releases the GIL while it reads and decodes."""
+    """(uint8 image, valid mask) of each row of windows in ``rows``, full width. The next one is read in a
+    thread while this one is predicted: GDAL releases the GIL while it reads and decodes."""
 
     def read(y: int) -> tuple[np.ndarray, np.ndarray]:
         win = Window(0, y, src.width, ys.span)
@@ -565,41 +565,47 @@ def _strips(
         except RasterioError as err:
             raise SceneError(f"'{path}': cannot read rows {y}..{y + ys.span}: {err}") from err
 
+    starts = [ys.starts[k] for k in rows]
     with ThreadPoolExecutor(1, thread_name_prefix="scene-reader") as pool:
-        ahead = pool.submit(read, ys.starts[0])
-        for y in [*ys.starts[1:], None]:
+        ahead = pool.submit(read, starts[0])
+        for y in [*starts[1:], None]:
             current = ahead.result()
             if y is not None:
                 ahead = pool.submit(read, y)
             yield current
 
 
-def _map_into(src, dst, info, logits_fn, classes, options, lut, conf_dst=None) -> SceneResult:
+def _map_into(src, dst, info, logits_fn, classes, options, lut, conf_dst=None, rows=None) -> SceneResult:
     """Windows go through ``logits_fn`` in full batches taken in row-major order (a batch may span two rows
-    of windows), then through the blender in the same order. A window that is all nodata costs no forward
-    pass but still goes through the blender, in its turn."""
+    of windows), then through the blender in the same order; an all-nodata window costs no forward pass but
+    is blended in its turn. ``rows``: the rows of windows written (default: all); the row above them runs
+    too, unwritten: its carry gives theirs the sums a whole-scene pass adds, in its order (overlap <= 0.5)."""
     width, height, win = src.width, src.height, options.window
     ys, xs = _Axis.of(height, win, options.stride), _Axis.of(width, win, options.stride)
+    rows = rows if rows is not None else range(len(ys.starts))
+    run_rows = range(max(rows.start - 1, 0), rows.stop)
     blender = _Blender(classes.num_classes, width, ys, xs, dst, lut, conf_dst)
     limits = _stretch_limits(src, options)
     masks: dict[int, np.ndarray] = {}  # valid-pixel mask of each row of windows read but not yet written
     pending: list[tuple[int, int, np.ndarray | None]] = []
     last_column, skipped, batch = len(xs.starts) - 1, 0, 0
-    progress = _Progress(info.name, len(ys.starts) * len(xs.starts), options.progress_every_s)
+    progress = _Progress(info.name, len(run_rows) * len(xs.starts), options.progress_every_s)
 
     def run() -> None:
         crops = [crop for _, _, crop in pending if crop is not None]
         logits = iter(logits_fn(torch.from_numpy(np.stack(crops))).float().numpy() if crops else ())
         for k, j, crop in pending:
             blender.add(k, j, None if crop is None else next(logits))
-            if j == last_column:
+            if j == last_column and k in rows:
                 blender.finish_row(k, masks.pop(k))
         progress.add(len(pending))
         pending.clear()
 
+    strips = _strips(src, options, limits, ys, info.path, run_rows)
     try:
-        for k, (image, mask) in enumerate(_strips(src, options, limits, ys, info.path)):
-            masks[k] = mask
+        for k, (image, mask) in zip(run_rows, strips, strict=True):
+            if k in rows:  # the row above a band is not written: no mask to keep
+                masks[k] = mask
             # Nothing but skipped windows pending costs nothing to run; rows of nodata-only windows behind a
             # pending batch would pile up their masks: run it short.
             if pending and (batch == 0 or len(masks) > 2):
@@ -607,7 +613,7 @@ def _map_into(src, dst, info, logits_fn, classes, options, lut, conf_dst=None) -
                 batch = 0
             for j, x in enumerate(xs.starts):
                 if not mask[:, x : x + win].any():
-                    skipped += 1
+                    skipped += k in rows
                     pending.append((k, j, None))
                     continue
                 crop = _fill_nodata(image[:, :, x : x + win], mask[:, x : x + win], options)
@@ -623,7 +629,7 @@ def _map_into(src, dst, info, logits_fn, classes, options, lut, conf_dst=None) -
         info.name,
         width,
         height,
-        len(ys.starts) * len(xs.starts),
+        len(rows) * len(xs.starts),
         skipped,
         0.0,
         blender.counts.tolist(),

@@ -14,6 +14,8 @@ import numpy as np
 
 from naic_seg.core.atomic import move_into_place
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
+from naic_seg.core.distributed import MapDistributed, ModelSpec, client_predictor
+from naic_seg.core.distributed_map import DistributedSceneMapper
 from naic_seg.core.gis.area_estimate import adjusted_areas
 from naic_seg.core.gis.stac import Provenance, SceneProducts, run_collection, scene_item
 from naic_seg.core.gis.style import write_category_names, write_confidence_style, write_qgis_style
@@ -59,11 +61,18 @@ def map_scenes(
     options: dict,
 ) -> tuple[list, list, dict]:
     """Every scene is checked and the models built now, so bad input fails before any work; the maps are
-    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs, and with
-    ``confidence`` on each map's confidence COG is made with it, then moved into ``scene_confidence`` when
-    that saves. Also returns what the model was (``scene_map_model``)."""
+    written by ``scene_maps`` one scene at a time from the returned ``(scene, write)`` pairs, in-process or,
+    with ``distributed.address`` set, by tasks on a Dask cluster (the client joins bands of big scenes).
+    With ``confidence`` on (in-process only) each map's confidence COG is made with it, then moved into
+    ``scene_confidence`` when that saves. Also returns what the model was (``scene_map_model``)."""
     confidence = _confidence_on(options)
     vector = VectorOptions.from_params(options.get("vector"))
+    distributed = MapDistributed.from_params(options.get("distributed"), "map_scenes")
+    if confidence and not distributed.in_process:
+        raise ValueError(
+            "map_scenes.confidence is made in-process only: the band tasks of a Dask cluster write no "
+            "confidence yet; set map_scenes.distributed.address=null or map_scenes.confidence=false"
+        )
     if not scenes.scenes:
         log.info("No scenes in '%s': nothing to map", scenes.folder)
         return [], [], {"checkpoints": []}
@@ -74,8 +83,12 @@ def map_scenes(
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
     checkpoints = select_checkpoints(options.get("checkpoints", ["stage2"]), available)
     cfg = PredictConfig(**{k: options[k] for k in PREDICT_KEYS if k in options})
-    predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
-    log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
+    if distributed.in_process:
+        predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
+        log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
+    else:  # the workers build their own (the first result logs its engine); this one checks and measures
+        predictor = client_predictor(checkpoints, cfg, table)
+        log_params({"map_scenes.distributed.address": distributed.address})
     # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
     window = options.get("window") or predictor.tile_size or predictor.input_size
     # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).
@@ -83,6 +96,16 @@ def map_scenes(
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
+    model = {"checkpoints": [_describe(c) for c in checkpoints], "window": window}
+    if not distributed.in_process:
+        spec = ModelSpec.of(checkpoints, cfg, table)
+        maps = DistributedSceneMapper(infos, spec, opts, distributed).pairs()
+        return maps, [(info.name, None) for info in infos], model
+    return (*_in_process_maps(infos, predictor, table, opts, confidence), model)
+
+
+def _in_process_maps(infos, predictor: Predictor, table: ClassTable, opts: SceneOptions, confidence: bool):
+    """``(scene, write)`` pairs for the maps and ``(scene, place | None)`` pairs for their confidences."""
     hand_off = _ConfidenceHandOff([info.name for info in infos])
 
     def write(info, target: Path) -> None:
@@ -94,8 +117,7 @@ def map_scenes(
 
     maps = [(info.name, partial(write, info)) for info in infos]
     confidences = [(info.name, partial(hand_off.place, info.name) if confidence else None) for info in infos]
-    model = {"checkpoints": [_describe(c) for c in checkpoints], "window": window}
-    return maps, confidences, model
+    return maps, confidences
 
 
 class _ConfidenceHandOff:

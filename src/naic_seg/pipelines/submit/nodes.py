@@ -6,6 +6,8 @@ import logging
 
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
 from naic_seg.core.data import check_manifest_files
+from naic_seg.core.distributed import ModelSpec, SubmitDistributed, client_predictor
+from naic_seg.core.distributed_submit import distributed_records
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.predict import PredictConfig, Predictor, predict_tiles
 from naic_seg.core.submission import (
@@ -33,13 +35,18 @@ def predict_test_tiles(
     """A lazy stream of PNG records; the pickle dataset writes it record by record. Only the checkpoints
     ``options["checkpoints"]`` names are read (``stage1``, ``stage2`` or file paths: an ensemble)."""
     options = dict(options)
+    distributed = SubmitDistributed.from_params(options.pop("distributed", None), "submit")
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
     checkpoints = select_checkpoints(options.pop("checkpoints", ["stage2"]), available)
     sources = ", ".join(str(c.get("source", c.get("stage"))) for c in checkpoints)
     log.info("Predicting %d test tiles with %s", len(test_manifest), sources)
     check_manifest_files(test_manifest)
-    table = ClassTable.from_config(classes)
-    predictor = Predictor.from_checkpoints(checkpoints, PredictConfig(**options), table)
+    table, cfg = ClassTable.from_config(classes), PredictConfig(**options)
+    if not distributed.in_process:  # checked here, predicted by chunks on the cluster's workers
+        client_predictor(checkpoints, cfg, table)
+        log_params({"submit.distributed.address": distributed.address, "submit.engine_asked": cfg.engine})
+        return distributed_records(test_manifest, ModelSpec.of(checkpoints, cfg, table), distributed)
+    predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
     log_params({"submit.engine_used": predictor.engine.describe()[:500]})
     return prediction_records(predict_tiles(test_manifest, predictor))
 
