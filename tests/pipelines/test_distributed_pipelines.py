@@ -7,6 +7,7 @@ import shutil
 import zipfile
 
 import numpy as np
+import pytest
 import rasterio
 
 from naic_seg.core.submission import PredictionsReader
@@ -21,7 +22,8 @@ CLUSTER = {"address": "local:2", "timeout_s": 60}
 def test_map_scenes_on_a_local_cluster_equals_in_process(kedro_runner, tmp_path):
     project = kedro_runner.project
     ckpt = random_checkpoint(tmp_path / "random.pt")
-    params = {"map_scenes": {"checkpoints": [str(ckpt)], **PREDICT}}
+    # The demo makes the GIS products too; the confidence is made in-process only.
+    params = {"map_scenes": {"checkpoints": [str(ckpt)], "confidence": False, **PREDICT}}
     outputs = ("data/07_model_output/scene_maps", "data/08_reporting/scene_areas.json")
     outputs += ("data/08_reporting/scene_scores.json",)
     with one_thread():  # the workers' thread count (see tests/core/test_distributed.py)
@@ -34,7 +36,7 @@ def test_map_scenes_on_a_local_cluster_equals_in_process(kedro_runner, tmp_path)
     params["map_scenes"]["distributed"] = {**CLUSTER, "split_above_mpx": 0.1}
     kedro_runner.run("map_scenes", env="demo", params=params)
     maps, expected = project / outputs[0], tmp_path / "in_process" / outputs[0]
-    assert sorted(p.name for p in maps.iterdir()) == ["scene_0.tif", "scene_1.tif"]
+    assert sorted(p.name for p in maps.glob("*.tif")) == ["scene_0.tif", "scene_1.tif"]
     for name in ("scene_0.tif", "scene_1.tif"):
         assert_cog_like(maps / name, project / "data/01_raw/demo_scenes" / name)
         with rasterio.open(maps / name) as got, rasterio.open(expected / name) as want:
@@ -65,3 +67,12 @@ def test_submit_on_a_local_cluster_equals_in_process(kedro_runner, tmp_path):
     with zipfile.ZipFile(project / outputs[1]) as a, zipfile.ZipFile(tmp_path / "submission.zip") as b:
         assert a.namelist() == b.namelist() and len(a.namelist()) == 11
         assert all(a.read(n) == b.read(n) for n in a.namelist())
+
+
+def test_a_confidence_on_a_cluster_is_refused_before_any_cluster_starts(kedro_runner, tmp_path):
+    ckpt = random_checkpoint(tmp_path / "random.pt")
+    cluster = {"address": "tcp://127.0.0.1:9", "timeout_s": 1}  # never reached: refused first
+    params = {"map_scenes": {"checkpoints": [str(ckpt)], "confidence": True, "distributed": cluster}}
+    with pytest.raises(Exception, match="map_scenes.confidence is made in-process only"):
+        kedro_runner.run("map_scenes", env="demo", params={**params})
+    assert not list((kedro_runner.project / "data/07_model_output").glob("scene_maps/*.tif"))

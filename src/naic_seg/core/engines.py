@@ -39,6 +39,7 @@ GraphSource = Callable[[int, tuple[int, int]], Path]
 # How long auto may time each candidate, and how many timed batches it needs at most.
 PROBE_SECONDS = 2.0
 PROBE_BATCHES = 3
+ORT_SPINNING = False
 
 
 @dataclass
@@ -92,6 +93,9 @@ class OnnxNetwork:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3  # ORT's own warnings about unused initialisers are noise here
+            # ORT's pool threads spin-wait after each run by default, taking the cores from the resizing,
+            # blending and decoding around the network (measured: docs/engines.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if ORT_SPINNING else "0")
             self.sessions[size] = ort.InferenceSession(
                 str(self.graph(size)), options, providers=self.providers
             )
