@@ -198,6 +198,19 @@ CONFIGS["lite0-192-ohem"] = (
     {**CONFIGS["lite0-192"][1], **_both("train.ohem_thresh", 0.7)},
     True,
 )
+# Precision: lite0-192 trains under amp: auto (bf16 autocast where the CPU runs bf16 natively); these rows
+# train the same in float32, and both at a second seed, to tell a precision effect from run-to-run noise.
+CONFIGS["lite0-192-fp32"] = (
+    "lite0-192 trained in float32 (amp: none) instead of amp: auto",
+    {**CONFIGS["lite0-192"][1], **_both("train.amp", "none")},
+    True,
+)
+for _name in ("lite0-192", "lite0-192-fp32"):
+    CONFIGS[f"{_name}-seed1997"] = (
+        f"{_name} with seed 1997 instead of 1996",
+        {**CONFIGS[_name][1], **_both("train.seed", 1997)},
+        True,
+    )
 # The fuller-budget stage split that chose conf/rs8's single stride (at fewer iterations than conf/rs8's):
 # Lite0 ImageNet, 192 px, batch 16, flips, 420 + 34 iterations at stride 16 then 8, against stride 16 alone
 # for the same training time.
