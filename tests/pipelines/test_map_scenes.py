@@ -152,6 +152,10 @@ def assert_gis_products(maps: Path, areas: dict, run, training_run: str) -> None
     assert run.data.metrics["map.area.water.adjusted_ha"] == pytest.approx(water["adjusted_hectares"])
     assert run.data.metrics["map.area.water.ci95_ha"] == pytest.approx(water["ci95_hectares"])
 
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(f"sqlite:///{maps.parents[2] / 'mlflow.db'}")
+    (version,) = [v.version for v in registry.search_model_versions(f"run_id = '{training_run}'")]
     collection = pystac.Collection.from_file(str(maps / "collection.json"))
     items = {i.id: i for i in collection.get_items()}
     assert sorted(items) == ["scene_0", "scene_1"]
@@ -169,7 +173,7 @@ def assert_gis_products(maps: Path, areas: dict, run, training_run: str) -> None
             (maps / a.href).resolve().is_file() and not a.href.startswith("/") for a in item.assets.values()
         )
         via = {link.href for link in item.links if link.rel == "via"}
-        assert via == {f"runs:/{run.info.run_id}", "models:/naic_seg/1"}
+        assert via == {f"runs:/{run.info.run_id}", f"models:/naic_seg/{version}"}
         assert item.properties["naic_seg:mapped_hectares"] == pytest.approx(areas[name]["mapped_hectares"])
 
 
