@@ -160,26 +160,37 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path, name: str) -> d
         raise FileNotFoundError(f"backbone weights file not found: {str(source)!r}")
     state = _read_state_dict(path)
     target = encoder.state_dict()
-
     if PACKAGE_LAYOUT_KEY in state:
-        mapped, left_out = convert_package_layout(state, target, str(source))
-        merged = dict(target)
-        merged.update(mapped)
-        nn.Module.load_state_dict(encoder, merged, strict=True)
-        logger.info(
-            "backbone weights %s: loaded %d encoder tensors of %s (efficientnet_pytorch layout, matched by "
-            "order and shape), none missing; left out %s",
-            source,
-            len(mapped),
-            name,
-            left_out,
-        )
-        return {"loaded": sorted(mapped), "missing": [], "unexpected": left_out}
+        return _load_package_layout(encoder, state, target, source, name)
 
+    mapped, unexpected = _match_keys(state, target, source, name)
+    missing = [k for k in target if k not in mapped and not k.endswith(_COUNTER)]
+    nn.Module.load_state_dict(encoder, target | mapped, strict=True)
+    _log_misfits(source, missing, unexpected)
+    logger.info("backbone weights %s: loaded %d encoder tensors", source, len(mapped))
+    return {"loaded": sorted(mapped), "missing": missing, "unexpected": unexpected}
+
+
+def _load_package_layout(encoder: nn.Module, state: dict, target: dict, source, name: str) -> dict:
+    """An EfficientNet-Lite file in the efficientnet_pytorch layout, converted by order and shape."""
+    mapped, left_out = convert_package_layout(state, target, str(source))
+    nn.Module.load_state_dict(encoder, target | mapped, strict=True)
+    logger.info(
+        "backbone weights %s: loaded %d encoder tensors of %s (efficientnet_pytorch layout, matched by "
+        "order and shape), none missing; left out %s",
+        source,
+        len(mapped),
+        name,
+        left_out,
+    )
+    return {"loaded": sorted(mapped), "missing": [], "unexpected": left_out}
+
+
+def _match_keys(state: dict, target: dict, source, name: str) -> tuple[dict, list[str]]:
+    """The file's tensors under the encoder's keys (prefixes stripped; under timm's ``model.`` where the
+    encoder has it) and the file keys that match none; no match at all or a shape misfit raises."""
     timm_wrapped = all(k.startswith("model.") for k in target)
-    mapped = {}
-    source_of: dict[str, str] = {}
-    unexpected: list[str] = []
+    mapped, source_of, unexpected = {}, {}, []
     for key, tensor in state.items():
         stripped = _strip(key)
         candidates = [stripped, f"model.{stripped}"] if timm_wrapped else [stripped]
@@ -189,7 +200,6 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path, name: str) -> d
             continue
         mapped[match] = tensor
         source_of[match] = key
-
     if not mapped:
         raise ValueError(
             f"no key of {str(source)!r} matches encoder {name!r} "
@@ -202,12 +212,10 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path, name: str) -> d
     ]
     if mismatches:
         raise ValueError(f"shape mismatch loading {str(source)!r}: " + "; ".join(mismatches))
+    return mapped, unexpected
 
-    missing = [k for k in target if k not in mapped and not k.endswith(_COUNTER)]
-    merged = dict(target)
-    merged.update(mapped)
-    nn.Module.load_state_dict(encoder, merged, strict=True)
 
+def _log_misfits(source, missing: list[str], unexpected: list[str]) -> None:
     classifier = [k for k in unexpected if _is_classifier(k)]
     other = [k for k in unexpected if not _is_classifier(k)]
     if missing:
@@ -216,5 +224,3 @@ def load_encoder_weights(encoder: nn.Module, source: str | Path, name: str) -> d
         logger.warning("backbone weights %s: %d unexpected keys (ignored): %s", source, len(other), other)
     if classifier:
         logger.info("backbone weights %s: dropped classifier keys %s", source, classifier)
-    logger.info("backbone weights %s: loaded %d encoder tensors", source, len(mapped))
-    return {"loaded": sorted(mapped), "missing": missing, "unexpected": unexpected}
