@@ -3,7 +3,8 @@
 One model or an ensemble, optional flip / multi-scale TTA, sliding windows for big tiles; every combination
 averages logits before the arg-max. :class:`Predictor` turns uint8 images into logits at their own size;
 :func:`predict_tiles` streams a manifest's tiles through a DataLoader and yields one ``(tile id, uint8
-class map)`` at a time, so memory does not grow with the number of tiles. The contest zip
+class map)`` at a time, so memory does not grow with the number of tiles; :func:`predict_image` predicts one
+image in memory the same way (the served MLflow model). The contest zip
 (:mod:`naic_seg.core.submission`), scene maps and the MLflow model are outputs built on top of it.
 """
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from naic_seg.core.checkpoint import CheckpointError, check_classes
-from naic_seg.core.data import ManifestDataset, check_manifest_files
+from naic_seg.core.data import ManifestDataset, check_manifest_files, resize_image
 from naic_seg.core.engines import ENGINES, Engine, GraphSource, build_engine, torch_engine
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model, input_normalization
@@ -286,6 +287,19 @@ def predict_tiles(
                 yield Path(manifest[int(batch["index"][position])]["filename"]).stem, pred
                 position += 1
         progress.add(len(sizes))
+
+
+def predict_image(predictor: Predictor, image: np.ndarray) -> np.ndarray:
+    """One uint8 H x W x 3 image -> its uint8 class map at its own size, exactly as :func:`predict_tiles`
+    predicts a tile of that image (the same resize, or the same windows above ``slide_above``): what the
+    served MLflow model calls for each image it is sent."""
+    cfg = predictor.cfg
+    # ManifestDataset's rule: a tile is kept whole in slide mode, and in auto mode above slide_above
+    whole = cfg.mode == "slide" or (cfg.mode == "auto" and max(image.shape[:2]) > cfg.slide_above)
+    pixels = image if whole else resize_image(image, predictor.input_size)
+    x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+    logits = _group_logits(predictor, predictor.prepare(x), cfg.mode == "slide")
+    return next(_class_maps(logits, [list(image.shape[:2])]))
 
 
 def _group_logits(predictor: Predictor, x: torch.Tensor, slide: bool) -> torch.Tensor:
