@@ -198,7 +198,7 @@ class Predictor:
     @torch.inference_mode()
     def window_logits(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N x 3 x h x w windows -> float32 N x C x h x w logits on the CPU (resized to the input
-        size for the models and back): what scene mapping and served models call."""
+        size for the models and back): what scene mapping calls."""
         return self.resized_logits(self.prepare(images)).cpu()
 
     def slide(self, image: torch.Tensor, window: int, overlap: float) -> torch.Tensor:
