@@ -21,8 +21,8 @@ Two figures, both on hard-linked copies of the rs8 test tiles (``_tiles.make_lin
    forward, resize back, arg-max, PNG, pickle, zip, check) for each DataLoader worker count asked for,
    then forward-only again (the machine may be shared: the ratio uses the higher forward figure).
 
-    .venv/bin/python benchmarks/bench_submit.py > bench_submit.json
-    .venv/bin/python benchmarks/bench_submit.py --skip-memory --throughput pspnet:resnet50:512:4:80
+    .venv/bin/python -m benchmarks.bench_submit > bench_submit.json
+    .venv/bin/python -m benchmarks.bench_submit --skip-memory --throughput pspnet:resnet50:512:4:80
 
 One JSON document goes to stdout; progress goes to stderr. ``main(argv) -> dict`` is importable.
 """
@@ -44,18 +44,8 @@ import time
 import zipfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import add_rs8_argument, cpu_seconds, loadavg, status_kb
-    from _tiles import make_linked_tree
-    from bench_data_prep import run_sampled
-else:
-    from ._common import add_rs8_argument, cpu_seconds, loadavg, status_kb
-    from ._tiles import make_linked_tree
-    from .bench_data_prep import run_sampled
+from benchmarks._common import add_rs8_argument, cpu_seconds, loadavg, run_sampled, status_kb
+from benchmarks._tiles import make_linked_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUBMIT_PARAMS = PROJECT_ROOT / "conf" / "base" / "parameters_submit.yml"

@@ -5,8 +5,8 @@ image (``sources.csv``: ``<source>@x,y``), nodata 0 elsewhere (real pixels lifte
 carry no offsets, in a square mosaic. Labels beside them as ``<scene>_label.tif`` (NAIC codes, 0 ignored).
 The model of that run never trained on these tiles.
 
-    .venv/bin/python benchmarks/holdout_scenes.py data/05_model_input/val_manifest.json /tmp/holdout_scenes
-    .venv/bin/python benchmarks/bench_scenes.py --skip-throughput --skip-memory \\
+    .venv/bin/python -m benchmarks.holdout_scenes data/05_model_input/val_manifest.json /tmp/holdout_scenes
+    .venv/bin/python -m benchmarks.bench_scenes --skip-throughput --skip-memory \\
         --checkpoint CKPT --scenes /tmp/holdout_scenes --nodata-fill mirror
 """
 

@@ -13,10 +13,10 @@ configuration the JSON records:
   ``ru_maxrss`` of the kedro process);
 * the exact command line, to paste into a shell.
 
-    .venv/bin/python benchmarks/rs8_sweep.py --list
-    .venv/bin/python benchmarks/rs8_sweep.py --configs recipe > rs8_recipe.json
-    .venv/bin/python benchmarks/rs8_sweep.py --budget short --configs pspnet deeplabv3plus flips stage1-only
-    .venv/bin/python benchmarks/rs8_sweep.py --budget short --folds 5 --configs recipe lite0-192-flips
+    .venv/bin/python -m benchmarks.rs8_sweep --list
+    .venv/bin/python -m benchmarks.rs8_sweep --configs recipe > rs8_recipe.json
+    .venv/bin/python -m benchmarks.rs8_sweep --budget short --configs r18-random flips stage1-only
+    .venv/bin/python -m benchmarks.rs8_sweep --budget short --folds 5 --configs recipe lite0-192-flips
 
 ``--folds K`` scores each configuration on K folds of groups instead of one hold-out: K runs, the hold-out of
 run i being fold i (``data_prep.fold={k: K, index: i}``; conf/rs8's groups are rs8's source images), hold-out
@@ -44,13 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import add_rs8_argument, cpu_model
-    from bench_data_prep import WRAPPER, make_project, run_sampled
-else:
-    from ._common import add_rs8_argument, cpu_model
-    from .bench_data_prep import WRAPPER, make_project, run_sampled
+from benchmarks._common import KEDRO_WRAPPER, add_rs8_argument, cpu_model, make_project, run_sampled
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -303,7 +297,7 @@ def run_kedro(project: Path, args: list[str], log_path: Path, timeout: float) ->
     rusage_path = log_path.with_suffix(".rusage.json")
     env = dict(os.environ, BENCH_RUSAGE_OUT=str(rusage_path), COLUMNS="400", NO_COLOR="1")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = [sys.executable, "-c", WRAPPER, "run", *args]
+    cmd = [sys.executable, "-c", KEDRO_WRAPPER, "run", *args]
     with open(log_path, "wb") as out:
         returncode, wall, sampler = run_sampled(
             cmd, project, timeout, interval=0.2, stdout=out, stderr=subprocess.STDOUT, env=env
