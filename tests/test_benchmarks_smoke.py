@@ -158,7 +158,8 @@ def test_rs8_sweep_holdout_only_never_submits_and_time_matches_input_sizes() -> 
     assert "--pipelines" not in args  # the whole flow, submit included
     # The Lite stage-1-only row pays stage 2's iterations at Lite0's measured stride-8 cost.
     _, params = rs8_sweep.config_params("stage1-only-lite", "short", rs8, True)
-    assert params["train_stage1.train.iterations"] == round(400 + rs8_sweep.LITE_STAGE2_COST * 100) == 780
+    lite_cost = rs8_sweep.CONFIGS["stage1-only-lite"].overrides["@stage2_cost"]
+    assert params["train_stage1.train.iterations"] == round(400 + lite_cost * 100) == 780
     assert not any(k.startswith("@") for k in params)
 
 
