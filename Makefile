@@ -35,9 +35,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## Every benchmark, JSON on stdout (see benchmarks/README section in README.md).
+## Every benchmark, one JSON document on stdout (docs/results.md); hours on 2 CPUs.
+## `make bench BENCH_ARGS=--quick` runs each of them at small sizes: a smoke check, not a measurement.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf data/01_raw/demo

@@ -1,10 +1,14 @@
-"""Build large contest-format tile trees for benchmarks by hard-linking a small real sample.
+"""Inputs the benchmarks build: large contest-format tile trees (hard links to a small real sample) and
+synthetic GeoTIFF scenes.
 
 ``make_linked_tree`` lays out ``<dst>/train/images/<id>.tif``, ``<dst>/train/labels/<id>.png`` and
 ``<dst>/test/images/<id>.tif`` (optionally ``<dst>/test/labels``), cycling through the source tiles
 under new unique integer ids. Hard links cost no disk space and ~10 µs each, so 100,000 tiles take a
 few seconds. Where linking is impossible (another file system, a link-count limit, a refused link)
 it falls back to copying and says so on stderr and in the returned summary.
+
+``write_synthetic_scene`` writes a smooth 3-band uint8 scene with noise, block by block (so a 20,000² one
+needs little memory), for the benchmarks that time or measure scene mapping.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 # errno values after which copying is the only way: another device, too many links to one inode
 # (ext4 allows 65,000), link refused (fs.protected_hardlinks), or no hard links on that file system.
@@ -151,3 +157,38 @@ def make_linked_tree(
         "fallback_reason": link.fallback_reason,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+PIXEL_M = 0.5  # the synthetic scenes' pixel size in metres
+
+
+def write_synthetic_scene(path: Path, side: int, seed: int = 0, block: int = 512) -> Path:
+    """A side x side 3-band uint8 GeoTIFF (tiled, DEFLATE, EPSG:32650 at 0.5 m), written block by block:
+    smooth colour fields plus noise, cheap to make and to compress, never whole in memory."""
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    rng = np.random.default_rng(seed)
+    phases = rng.uniform(0, 2 * np.pi, size=(3, 2))
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
+        "crs": CRS.from_epsg(32650), "transform": from_origin(300_000.0, 4_000_000.0, PIXEL_M, PIXEL_M),
+        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate", "BIGTIFF": "IF_SAFER",
+    }  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for y in range(0, side, block):
+            h = min(block, side - y)
+            for x in range(0, side, block):
+                w = min(block, side - x)
+                yy, xx = np.mgrid[y : y + h, x : x + w].astype(np.float32)
+                bands = [
+                    128 + 80 * np.sin(xx / 97 + phases[b, 0]) * np.cos(yy / 61 + phases[b, 1])
+                    for b in range(3)
+                ]
+                noise = rng.normal(0, 12, size=(3, h, w))
+                dst.write(
+                    np.clip(np.stack(bands) + noise, 1, 255).astype(np.uint8), window=Window(x, y, w, h)
+                )
+    return path

@@ -5,7 +5,7 @@ test tiles (hard links to the rs8 files under new ids, see ``_tiles.make_linked_
 pipeline in a throw-away copy of the project (its own ``data/`` and ``mlflow.db``, so the user's are
 untouched), and records wall time, Kedro's own pipeline time, peak memory and the manifest counts.
 
-    .venv/bin/python benchmarks/bench_data_prep.py --sizes 1000 10000 100000 > bench.json
+    .venv/bin/python -m benchmarks.bench_data_prep --sizes 1000 10000 100000 > bench.json
 
 One JSON document goes to stdout; progress goes to stderr. The target: 100,000 train tiles validated
 and their manifests written in under 60 s (pipeline time).
@@ -30,143 +30,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helper importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import add_rs8_argument
-    from _tiles import make_linked_tree
-else:
-    from ._common import add_rs8_argument
-    from ._tiles import make_linked_tree
+from benchmarks._common import KEDRO_WRAPPER, add_rs8_argument, make_project, run_sampled
+from benchmarks._tiles import make_linked_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_TILES = 100_000
 TARGET_SECONDS = 60.0
 PIPELINE_RE = re.compile(r"completed\s+successfully\s+in\s+([0-9.]+)\s*sec", re.S)
 
-# Same as the `kedro` console script, plus an exit hook (main process only: forked pool workers
-# inherit atexit but leave through os._exit) that records the kernel's peak-RSS counters.
-WRAPPER = """\
-import atexit, json, os, resource, sys
-_pid, _out = os.getpid(), os.environ["BENCH_RUSAGE_OUT"]
-def _dump():
-    if os.getpid() != _pid:
-        return
-    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    with open(_out, "w") as fh:
-        json.dump({"self_maxrss_kb": s.ru_maxrss, "children_maxrss_kb": c.ru_maxrss,
-                   "self_cpu_s": s.ru_utime + s.ru_stime, "children_cpu_s": c.ru_utime + c.ru_stime}, fh)
-atexit.register(_dump)
-sys.argv[0] = "kedro"
-from kedro.framework.cli import main
-sys.exit(main())
-"""
-
 
 def log(msg: str) -> None:
     print(f"[bench_data_prep {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def make_project(dst: Path) -> Path:
-    """A throw-away Kedro project dir: conf, pyproject and telemetry copied, empty src/ and data/.
-
-    ``naic_seg`` itself is imported from the editable install, so src/ only has to exist.
-    """
-    dst.mkdir(parents=True)
-    shutil.copytree(PROJECT_ROOT / "conf", dst / "conf")
-    shutil.copy2(PROJECT_ROOT / "pyproject.toml", dst / "pyproject.toml")
-    if (PROJECT_ROOT / ".telemetry").exists():
-        shutil.copy2(PROJECT_ROOT / ".telemetry", dst / ".telemetry")
-    (dst / "src").mkdir()
-    (dst / "data").mkdir()
-    return dst
-
-
-def _descendants(pid: int) -> list[int]:
-    """``pid``'s descendants, from /proc/<pid>/task/<tid>/children."""
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as fh:
-                    kids = [int(c) for c in fh.read().split()]
-                out.extend(kids)
-                stack.extend(kids)
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _mem_kb(pid: int) -> dict[str, int]:
-    """Rss, Pss and USS (Private_Clean + Private_Dirty) of one process in kB; {} once it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            fields = dict(line.split(":", 1) for line in fh.read().splitlines()[1:])
-    except (OSError, ValueError):
-        return {}
-    kb = {k: int(v.split()[0]) for k, v in fields.items()}
-    return {"rss": kb["Rss"], "pss": kb["Pss"], "uss": kb["Private_Clean"] + kb["Private_Dirty"]}
-
-
-class TreeSampler(threading.Thread):
-    """Samples the kedro process tree every ``interval`` s and keeps the peaks.
-
-    Forked pool workers share the parent's pages copy-on-write, so RSS (and ru_maxrss) of a worker
-    counts the parent's imports again; PSS splits shared pages between the sharers, so the tree's PSS
-    sum is what the run really occupies, and a worker's USS is what it adds on its own.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.1):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.peak = {"main_rss": 0, "tree_pss": 0, "tree_rss": 0, "child_uss": 0}
-        self.max_children = 0
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            main = _mem_kb(self.pid)
-            kids = [m for m in map(_mem_kb, _descendants(self.pid)) if m]
-            if main:
-                every = [main, *kids]
-                self.peak["main_rss"] = max(self.peak["main_rss"], main["rss"])
-                self.peak["tree_pss"] = max(self.peak["tree_pss"], sum(m["pss"] for m in every))
-                self.peak["tree_rss"] = max(self.peak["tree_rss"], sum(m["rss"] for m in every))
-                self.peak["child_uss"] = max([self.peak["child_uss"], *(m["uss"] for m in kids)])
-                self.max_children = max(self.max_children, len(kids))
-            self.done.wait(self.interval)
-
-
-def run_sampled(
-    cmd: list[str],
-    cwd: Path,
-    timeout: float,
-    interval: float = 0.1,
-    stdout=None,
-    stderr=None,
-    env: dict | None = None,
-) -> tuple[int, float, TreeSampler]:
-    """Run ``cmd`` while a :class:`TreeSampler` watches its process tree; kill it after ``timeout`` s.
-
-    Returns the exit status, the wall time in seconds and the sampler (its ``peak`` holds the maxima).
-    """
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr)
-    sampler = TreeSampler(proc.pid, interval=interval)
-    sampler.start()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    wall = time.perf_counter() - t0
-    sampler.done.set()
-    sampler.join()
-    return proc.returncode, wall, sampler
 
 
 def run_kedro(project: Path, data_root: Path, log_path: Path, timeout: float) -> dict:
@@ -176,7 +53,7 @@ def run_kedro(project: Path, data_root: Path, log_path: Path, timeout: float) ->
     cmd = [
         sys.executable,
         "-c",
-        WRAPPER,
+        KEDRO_WRAPPER,
         "run",
         "--pipeline",
         "data_prep",

@@ -13,8 +13,8 @@
    each run in a child process: wall seconds and the child's (the client's) peak RSS.
 5. **Projection** for 10 and 100 workers from the per-worker rate and the per-task cost (docs/distributed.md).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_distributed.py > bench_distributed.json
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_distributed.py --quick
+    .venv/bin/python -m benchmarks.bench_distributed > bench_distributed.json
+    .venv/bin/python -m benchmarks.bench_distributed --quick
 
 ``main(argv) -> dict`` is importable.
 """
@@ -30,17 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import cpu_model, loadavg
-else:
-    from ._common import cpu_model, loadavg
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks._common import cpu_model, loadavg
 
 PIXEL_M = 0.5
 MODEL = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}

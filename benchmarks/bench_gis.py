@@ -9,7 +9,7 @@ warm-up run (the first forward passes are far slower: kernel selection, caches),
 without confidence is alternated ``--repeats`` times and the fastest of each is kept (other work on a
 shared machine only ever slows a run down).
 
-    .venv/bin/python benchmarks/bench_gis.py --scene ../shared/data/scenes_full/full_deepglobe_855.tif
+    .venv/bin/python -m benchmarks.bench_gis --scene ../shared/data/scenes_full/full_deepglobe_855.tif
 """
 
 from __future__ import annotations
@@ -17,19 +17,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import cpu_model, loadavg
-else:
-    from ._common import cpu_model, loadavg
+from benchmarks._common import cpu_model, loadavg
 
 MODEL = {"arch": "pspnet", "encoder": "tu-tf_efficientnet_lite0", "output_stride": 16, "num_classes": 8}
 DEFAULT_SCENE = "/work/shared/data/scenes_full/full_deepglobe_855.tif"

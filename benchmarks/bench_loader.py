@@ -14,8 +14,8 @@ Two in-process references on the same files (one process, one thread, no DataLoa
 * ``dataset_getitem``: ``ManifestDataset[i]`` (decode + label mapping + resize + tensor), i.e. the
   per-sample work a worker does, without batching and inter-process transfer.
 
-    .venv/bin/python benchmarks/bench_loader.py > bench_loader.json
-    .venv/bin/python benchmarks/bench_loader.py --size 256 --workers 0 2 --sampler sequential
+    .venv/bin/python -m benchmarks.bench_loader > bench_loader.json
+    .venv/bin/python -m benchmarks.bench_loader --size 256 --workers 0 2 --sampler sequential
 
 Manifests are built from the rs8 folder directly (images and labels paired by file stem, sorted by id),
 so no Kedro run is needed and nothing under the project's data/ is read or written. One JSON document
@@ -27,73 +27,22 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: the sibling helpers, and the source tree without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import add_rs8_argument, loadavg
-else:
-    from ._common import add_rs8_argument, loadavg
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from naic_seg.core.data import InfiniteSampler, ManifestDataset  # noqa: E402
-from naic_seg.core.labels import ClassTable  # noqa: E402
-from naic_seg.core.runtime import Runtime  # noqa: E402  (its loader is the engine's DataLoader factory)
-from naic_seg.core.tiles import id_sort_key  # noqa: E402
+from benchmarks._common import add_rs8_argument, host_info, loadavg, rs8_manifest, set_threads
+from naic_seg.core.data import InfiniteSampler, ManifestDataset
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.runtime import Runtime  # its loader is the engine's DataLoader factory
 
 SEED = 1996  # TrainConfig's default seed
 
 
 def log(msg: str) -> None:
     print(f"[bench_loader {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def set_threads(n: int | None) -> None:
-    """``torch.set_num_threads(n)`` when asked (intra-op threads of this process; loader workers use 1)."""
-    if n is not None:
-        if n < 1:
-            raise SystemExit(f"--threads must be >= 1, got {n}")
-        torch.set_num_threads(n)
-
-
-def host_info() -> dict:
-    return {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "cuda": torch.cuda.is_available(),
-    }
-
-
-def _files(folder: Path) -> dict[str, str]:
-    with os.scandir(folder) as entries:
-        return {Path(e.name).stem: e.path for e in entries if e.is_file() and not e.name.startswith(".")}
-
-
-def rs8_manifest(root: str | os.PathLike, split: str = "train", limit: int | None = None) -> list[dict]:
-    """``[{"filename": image, "ann": {"seg_map": label}}]`` for the ids of ``root/split`` that have both
-    an image and a label, sorted by id (numeric ids numerically); the first ``limit`` of them."""
-    root = Path(root)
-    images, labels = _files(root / split / "images"), _files(root / split / "labels")
-    ids = sorted(images.keys() & labels.keys(), key=id_sort_key)
-    if not ids:
-        raise FileNotFoundError(f"no image/label pairs under {root / split}")
-    if limit is not None:
-        ids = ids[:limit]
-    return [{"filename": images[t], "ann": {"seg_map": labels[t]}} for t in ids]
 
 
 def bare_decode(manifest: list[dict], n: int, repeats: int = 2) -> dict:

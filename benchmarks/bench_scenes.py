@@ -18,11 +18,11 @@
    ``placed`` pools the headline scenes whose tiles sit at their own offsets in their source image (all but
    the GID mosaic, where a window off the tile grid sees unrelated places side by side).
 
-    .venv/bin/python benchmarks/bench_scenes.py > bench_scenes.json
-    .venv/bin/python benchmarks/bench_scenes.py --skip-throughput --skip-memory \\
+    .venv/bin/python -m benchmarks.bench_scenes > bench_scenes.json
+    .venv/bin/python -m benchmarks.bench_scenes --skip-throughput --skip-memory \\
         --checkpoint data/06_models/stage2_checkpoint.pt/<version>/stage2_checkpoint.pt \\
         --scenes ../shared/data/scenes
-    .venv/bin/python benchmarks/bench_scenes.py --quick      # a smoke run: small sizes, seconds
+    .venv/bin/python -m benchmarks.bench_scenes --quick      # a smoke run: small sizes, seconds
 
 ``main(argv) -> dict`` is importable.
 """
@@ -40,19 +40,11 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import cpu_model, loadavg
-    from bench_data_prep import run_sampled
-else:
-    from ._common import cpu_model, loadavg
-    from .bench_data_prep import run_sampled
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from benchmarks._common import cpu_model, loadavg, run_sampled
+from benchmarks._tiles import write_synthetic_scene
 
 RATIO_TARGET = 0.85
 MEMORY_TARGET_MB = 200.0
@@ -61,38 +53,6 @@ PIXEL_M = 0.5
 
 def log(msg: str) -> None:
     print(f"[bench_scenes {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def write_synthetic_scene(path: Path, side: int, seed: int = 0, block: int = 512) -> Path:
-    """A side x side 3-band uint8 GeoTIFF (tiled, DEFLATE, EPSG:32650 at 0.5 m), written block by block:
-    smooth colour fields plus noise, cheap to make and to compress, never whole in memory."""
-    import rasterio
-    from rasterio.crs import CRS
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
-    rng = np.random.default_rng(seed)
-    phases = rng.uniform(0, 2 * np.pi, size=(3, 2))
-    profile = {
-        "driver": "GTiff", "width": side, "height": side, "count": 3, "dtype": "uint8",
-        "crs": CRS.from_epsg(32650), "transform": from_origin(300_000.0, 4_000_000.0, PIXEL_M, PIXEL_M),
-        "tiled": True, "blockxsize": block, "blockysize": block, "compress": "deflate", "BIGTIFF": "IF_SAFER",
-    }  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        for y in range(0, side, block):
-            h = min(block, side - y)
-            for x in range(0, side, block):
-                w = min(block, side - x)
-                yy, xx = np.mgrid[y : y + h, x : x + w].astype(np.float32)
-                bands = [
-                    128 + 80 * np.sin(xx / 97 + phases[b, 0]) * np.cos(yy / 61 + phases[b, 1])
-                    for b in range(3)
-                ]
-                noise = rng.normal(0, 12, size=(3, h, w))
-                dst.write(
-                    np.clip(np.stack(bands) + noise, 1, 255).astype(np.uint8), window=Window(x, y, w, h)
-                )
-    return path
 
 
 def random_predictor(arch: str, encoder: str, input_size: int, tile_size: int, batch: int):

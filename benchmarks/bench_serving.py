@@ -13,7 +13,7 @@ store, then timed three ways on the same tiles (rs8 TIFFs when the tree is there
 Each timing is the median of ``--repeats`` runs after one warm-up. Also the logged model's size on disk
 (checkpoint, code, environment files). One JSON document goes to stdout; progress to stderr.
 
-    .venv/bin/python benchmarks/bench_serving.py --repeats 5 > bench_serving.json
+    .venv/bin/python -m benchmarks.bench_serving --repeats 5 > bench_serving.json
 """
 
 from __future__ import annotations
@@ -33,18 +33,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.insert(0, str(_src))
+import numpy as np
+import torch
+from PIL import Image
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import add_rs8_argument, cpu_model, loadavg  # noqa: E402
-from PIL import Image  # noqa: E402
+from benchmarks._common import add_rs8_argument, cpu_model, loadavg
 
 
 def _err(msg: str) -> None:
@@ -125,6 +118,7 @@ def _post(port: int, texts: list[str]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before mlflow is imported
     import mlflow
     import pandas as pd
 

@@ -12,8 +12,8 @@ Two figures, both on hard-linked copies of the rs8 test tiles (``_tiles.make_lin
    ResNet-18 at 64 px) keeps 100,000 tiles within minutes on 2 CPUs: the question is how memory grows
    with the number of tiles, not how fast a big model is. Peak memory per size comes from the kernel
    (``getrusage`` ``ru_maxrss`` of the process and of its largest waited-for child, i.e. a DataLoader
-   worker) and from sampling ``/proc/<pid>/smaps_rollup`` of the process tree every 0.2 s (the helper of
-   ``bench_data_prep``). Target: peak at 100,000 minus peak at 1,000 < 200 MB.
+   worker) and from sampling ``/proc/<pid>/smaps_rollup`` of the process tree every 0.2 s
+   (``_common.run_sampled``, as bench_data_prep does). Target: peak at 100,000 minus peak at 1,000 < 200 MB.
 
 2. **End-to-end throughput >= 0.8 x forward-only.** In one process, per model: forward-only images/s
    of the model on a synthetic in-memory batch of normalised floats (eval mode, ``torch.inference_mode``,
@@ -21,8 +21,8 @@ Two figures, both on hard-linked copies of the rs8 test tiles (``_tiles.make_lin
    forward, resize back, arg-max, PNG, pickle, zip, check) for each DataLoader worker count asked for,
    then forward-only again (the machine may be shared: the ratio uses the higher forward figure).
 
-    .venv/bin/python benchmarks/bench_submit.py > bench_submit.json
-    .venv/bin/python benchmarks/bench_submit.py --skip-memory --throughput pspnet:resnet50:512:4:80
+    .venv/bin/python -m benchmarks.bench_submit > bench_submit.json
+    .venv/bin/python -m benchmarks.bench_submit --skip-memory --throughput pspnet:resnet50:512:4:80
 
 One JSON document goes to stdout; progress goes to stderr. ``main(argv) -> dict`` is importable.
 """
@@ -44,18 +44,8 @@ import time
 import zipfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import add_rs8_argument, cpu_seconds, loadavg, status_kb
-    from _tiles import make_linked_tree
-    from bench_data_prep import run_sampled
-else:
-    from ._common import add_rs8_argument, cpu_seconds, loadavg, status_kb
-    from ._tiles import make_linked_tree
-    from .bench_data_prep import run_sampled
+from benchmarks._common import add_rs8_argument, cpu_seconds, loadavg, run_sampled, status_kb
+from benchmarks._tiles import make_linked_tree
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUBMIT_PARAMS = PROJECT_ROOT / "conf" / "base" / "parameters_submit.yml"
@@ -340,7 +330,7 @@ def bench_memory(args, work: Path) -> dict:
             "process_ru_maxrss / largest_worker_ru_maxrss: getrusage RUSAGE_SELF / RUSAGE_CHILDREN in the "
             "child at its end (largest single DataLoader worker; forked, so it counts pages shared "
             "copy-on-write with the parent). sampled_*: /proc/<pid>/smaps_rollup of the child's process "
-            f"tree every {SAMPLE_INTERVAL_S} s (bench_data_prep.TreeSampler): process RSS, sum of PSS over "
+            f"tree every {SAMPLE_INTERVAL_S} s (_common.TreeSampler): process RSS, sum of PSS over "
             "the tree (the real footprint), sum of RSS, largest worker USS. rss_timeline_mb: the child's "
             f"VmRSS every 1/{TIMELINE_POINTS} of the tiles in each phase"
         ),

@@ -24,8 +24,8 @@ GPU section (only when ``torch.cuda.is_available()``; otherwise ``{"gpu": "not a
 (eval mode, ``torch.inference_mode``) images/s from ``measure``, and the engine end-to-end at stride 16
 with the same switches against that ceiling.
 
-    .venv/bin/python benchmarks/bench_train.py > bench_train.json
-    .venv/bin/python benchmarks/bench_train.py --encoder resnet50 --size 512
+    .venv/bin/python -m benchmarks.bench_train > bench_train.json
+    .venv/bin/python -m benchmarks.bench_train --encoder resnet50 --size 512
 
 One JSON document goes to stdout, progress to stderr; ``collect(argv) -> dict`` returns it unprinted.
 """
@@ -37,25 +37,13 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: sibling modules and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.append(str(_src))
-    from _common import add_rs8_argument, loadavg
-    from bench_loader import host_info, rs8_manifest, set_threads
-    from bench_models import measure
-else:
-    from ._common import add_rs8_argument, loadavg
-    from .bench_loader import host_info, rs8_manifest, set_threads
-    from .bench_models import measure
+import torch
 
-import torch  # noqa: E402
-
-from naic_seg.core.labels import ClassTable  # noqa: E402
-from naic_seg.core.training import TrainConfig, train  # noqa: E402
+from benchmarks._common import add_rs8_argument, host_info, loadavg, rs8_manifest, set_threads
+from benchmarks._models import measure
+from naic_seg.core.labels import ClassTable
+from naic_seg.core.training import TrainConfig, train
 
 RATIO_TARGET = 0.9
 NUM_CLASSES = 8

@@ -14,8 +14,8 @@ after one warm-up request per zoom: median and p95 latency of the HTTP request (
 HTTP), and the median of the same tiles rendered in-process without HTTP. The file is fresh in the page
 cache, as it is after ``map_scenes`` wrote it. One JSON document goes to stdout, progress to stderr.
 
-    .venv/bin/python benchmarks/bench_viewer.py > bench_viewer.json
-    .venv/bin/python benchmarks/bench_viewer.py --side 2000 --tiles 10     # a smoke run, seconds
+    .venv/bin/python -m benchmarks.bench_viewer > bench_viewer.json
+    .venv/bin/python -m benchmarks.bench_viewer --side 2000 --tiles 10     # a smoke run, seconds
 """
 
 from __future__ import annotations
@@ -32,16 +32,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-if __package__ in (None, ""):  # run as a script: make the sibling helpers and the source tree importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _src = Path(__file__).resolve().parents[1] / "src"
-    if _src.is_dir() and str(_src) not in sys.path:
-        sys.path.insert(0, str(_src))
-    from _common import cpu_model, loadavg
-else:
-    from ._common import cpu_model, loadavg
+import numpy as np
 
-import numpy as np  # noqa: E402
+from benchmarks._common import cpu_model, loadavg
 
 PIXEL_M = 0.5
 SPECKLE = 0.01  # share of pixels given a random class
@@ -218,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
     given = sys.argv[1:] if argv is None else argv
     doc = {
         "benchmark": "viewer",
-        "command": shlex.join(["python", "benchmarks/bench_viewer.py", *given]),
+        "command": shlex.join(["python", "-m", "benchmarks.bench_viewer", *given]),
         "machine": {"cpu": cpu_model(), "cpus": os.cpu_count()},
         "loadavg_start": loadavg(),
     }

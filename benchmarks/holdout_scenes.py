@@ -3,19 +3,20 @@
 builds its ``rs8test_*`` scenes from test tiles: DeepGlobe and Dubai tiles at their offsets in their source
 image (``sources.csv``: ``<source>@x,y``), nodata 0 elsewhere (real pixels lifted to >= 1); GID tiles, which
 carry no offsets, in a square mosaic. Labels beside them as ``<scene>_label.tif`` (NAIC codes, 0 ignored).
-The model of that run never trained on these tiles.
+The model of that run never trained on these tiles. The layout (tile size, margins, names, nodata, the
+made-up georeference) is data: ``benchmarks/experiments/holdout_scenes.yml``.
 
-    .venv/bin/python benchmarks/holdout_scenes.py data/05_model_input/val_manifest.json /tmp/holdout_scenes
-    .venv/bin/python benchmarks/bench_scenes.py --skip-throughput --skip-memory \\
+    .venv/bin/python -m benchmarks.holdout_scenes data/05_model_input/val_manifest.json /tmp/holdout_scenes
+    .venv/bin/python -m benchmarks.bench_scenes --skip-throughput --skip-memory \\
         --checkpoint CKPT --scenes /tmp/holdout_scenes --nodata-fill mirror
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,29 +26,35 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
-TILE = 256
+from benchmarks._experiments import load_holdout_scenes
 
 
-def _tile(root: Path, tid: str) -> tuple[np.ndarray, np.ndarray]:
+def _tile(root: Path, tid: str, lift_to: int) -> tuple[np.ndarray, np.ndarray]:
     image = np.asarray(Image.open(root / "images" / f"{tid}.tif").convert("RGB")).transpose(2, 0, 1)
     label = np.asarray(Image.open(root / "labels" / f"{tid}.png")).astype(np.uint16)
-    return np.maximum(image, 1), label
+    return np.maximum(image, lift_to), label
 
 
-def _write(folder: Path, name: str, image: np.ndarray, label: np.ndarray, index: int) -> None:
+def _write(folder: Path, name: str, image: np.ndarray, label: np.ndarray, index: int, layout: dict) -> None:
     h, w = label.shape
+    geo, tile = layout["georeference"], layout["tile"]
+    west, north = geo["origin"]
     profile = {
-        "driver": "GTiff", "width": w, "height": h, "crs": CRS.from_epsg(32650),
-        "transform": from_origin(400_000.0 + 10_000 * index, 4_000_000.0, 0.5, 0.5),
-        "tiled": True, "blockxsize": TILE, "blockysize": TILE, "compress": "deflate",
+        "driver": "GTiff", "width": w, "height": h, "crs": CRS.from_epsg(geo["epsg"]),
+        "transform": from_origin(west + geo["origin_step_x"] * index, north, geo["pixel_m"], geo["pixel_m"]),
+        "tiled": True, "blockxsize": tile, "blockysize": tile, "compress": layout["geotiff"]["compress"],
     }  # fmt: skip
-    with rasterio.open(folder / f"{name}.tif", "w", count=3, dtype="uint8", nodata=0, **profile) as dst:
+    nodata = layout["nodata"]
+    with rasterio.open(folder / f"{name}.tif", "w", count=3, dtype="uint8", nodata=nodata, **profile) as dst:
         dst.write(image)
     with rasterio.open(folder / f"{name}_label.tif", "w", count=1, dtype="uint16", **profile) as dst:
         dst.write(label[None])
 
 
-def build(manifest: Path, out: Path) -> dict:
+def build(manifest: Path, out: Path, layout: dict | None = None) -> dict:
+    """Write the hold-out scenes of ``manifest`` (a run's val_manifest.json) into ``out``; a summary."""
+    layout = layout or load_holdout_scenes()
+    tile, lift, margin = layout["tile"], layout["lift_to"], layout["margin_tiles"]
     entries = json.loads(manifest.read_text())
     root = Path(entries[0]["filename"]).parents[1]
     with open(root / "sources.csv", newline="") as fh:
@@ -65,20 +72,21 @@ def build(manifest: Path, out: Path) -> dict:
             mosaic.append(tid)
     out.mkdir(parents=True, exist_ok=True)
     for index, (name, tiles) in enumerate(sorted(placed.items())):
-        w, h = max(x for _, x, _ in tiles) + 2 * TILE, max(y for _, _, y in tiles) + 2 * TILE
-        image, label = np.zeros((3, h, w), np.uint8), np.zeros((h, w), np.uint16)
+        w, h = max(x for _, x, _ in tiles) + margin * tile, max(y for _, _, y in tiles) + margin * tile
+        image = np.full((3, h, w), layout["nodata"], np.uint8)
+        label = np.zeros((h, w), np.uint16)
         for tid, x, y in tiles:
-            image[:, y : y + TILE, x : x + TILE], label[y : y + TILE, x : x + TILE] = _tile(root, tid)
+            image[:, y : y + tile, x : x + tile], label[y : y + tile, x : x + tile] = _tile(root, tid, lift)
         safe = name.replace(":", "_").replace("/", "_").rsplit(".", 1)[0]
-        _write(out, f"val_{safe}", image, label, index)
+        _write(out, layout["names"]["placed"].format(source=safe), image, label, index, layout)
     side = math.ceil(math.sqrt(len(mosaic))) if mosaic else 0
     if mosaic:
-        image = np.zeros((3, side * TILE, side * TILE), np.uint8)
-        label = np.zeros((side * TILE, side * TILE), np.uint16)
+        image = np.full((3, side * tile, side * tile), layout["nodata"], np.uint8)
+        label = np.zeros((side * tile, side * tile), np.uint16)
         for k, tid in enumerate(mosaic):
-            y, x = (i * TILE for i in divmod(k, side))
-            image[:, y : y + TILE, x : x + TILE], label[y : y + TILE, x : x + TILE] = _tile(root, tid)
-        _write(out, "val_gid_mosaic", image, label, len(placed))
+            y, x = (i * tile for i in divmod(k, side))
+            image[:, y : y + tile, x : x + tile], label[y : y + tile, x : x + tile] = _tile(root, tid, lift)
+        _write(out, layout["names"]["mosaic"], image, label, len(placed), layout)
     return {
         "placed_scenes": len(placed),
         "placed_tiles": sum(map(len, placed.values())),
@@ -86,5 +94,13 @@ def build(manifest: Path, out: Path) -> dict:
     }
 
 
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("manifest", type=Path, help="a run's data/05_model_input/val_manifest.json")
+    ap.add_argument("out", type=Path, help="the folder to write the scenes and their labels into")
+    args = ap.parse_args(argv)
+    return build(args.manifest, args.out)
+
+
 if __name__ == "__main__":
-    print(json.dumps(build(Path(sys.argv[1]), Path(sys.argv[2]))))
+    print(json.dumps(main()))

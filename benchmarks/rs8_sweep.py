@@ -13,10 +13,10 @@ configuration the JSON records:
   ``ru_maxrss`` of the kedro process);
 * the exact command line, to paste into a shell.
 
-    .venv/bin/python benchmarks/rs8_sweep.py --list
-    .venv/bin/python benchmarks/rs8_sweep.py --configs recipe > rs8_recipe.json
-    .venv/bin/python benchmarks/rs8_sweep.py --budget short --configs pspnet deeplabv3plus flips stage1-only
-    .venv/bin/python benchmarks/rs8_sweep.py --budget short --folds 5 --configs recipe lite0-192-flips
+    .venv/bin/python -m benchmarks.rs8_sweep --list
+    .venv/bin/python -m benchmarks.rs8_sweep --configs recipe > rs8_recipe.json
+    .venv/bin/python -m benchmarks.rs8_sweep --budget short --configs r18-random flips stage1-only
+    .venv/bin/python -m benchmarks.rs8_sweep --budget short --folds 5 --configs recipe lite0-192-flips
 
 ``--folds K`` scores each configuration on K folds of groups instead of one hold-out: K runs, the hold-out of
 run i being fold i (``data_prep.fold={k: K, index: i}``; conf/rs8's groups are rs8's source images), hold-out
@@ -44,13 +44,8 @@ import tempfile
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import add_rs8_argument, cpu_model
-    from bench_data_prep import WRAPPER, make_project, run_sampled
-else:
-    from ._common import add_rs8_argument, cpu_model
-    from .bench_data_prep import WRAPPER, make_project, run_sampled
+from benchmarks._common import KEDRO_WRAPPER, add_rs8_argument, cpu_model, make_project, run_sampled
+from benchmarks._experiments import load_sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,181 +61,17 @@ BUDGETS: dict[str, dict[str, int]] = {
     "short": {"s1": 400, "s2": 100, "batch": 8},
     "smoke": {"s1": 4, "s2": 2, "batch": 4},  # the test of this script
 }
-STAGE2_COST = 2.2
+STAGE2_COST = 2.2  # a stage-2 iteration in stage-1 iterations where a row states no @stage2_cost
 ITERATIONS_FACTOR = "@iterations_factor"  # an override key: scales both stages' iterations
 STAGE2_COST_KEY = "@stage2_cost"  # an override key: a stage-1-only row's stage-2 cost instead of STAGE2_COST
-# EfficientNet-Lite0's depthwise convolutions at stride 8 cost more: 1.5 vs 5.7 img/s at 192 px on the EPYC
-# (`lite0-192-2stage`), so its time-matched stage-1-only row adds 3.8 stride-16 iterations per stage-2 one.
-LITE_STAGE2_COST = 3.8
+FULL_ITERATIONS = "@full_iterations"  # an override key: (stage 1, stage 2) iterations of --budget full
+
+# name -> (description, overrides, stage1_only), from benchmarks/experiments/rs8_sweep.yml
+CONFIGS = load_sweep()
 
 
 def _both(key: str, value) -> dict:
     return {f"{S1}.{key}": value, f"{S2}.{key}": value}
-
-
-# The recipe conf/rs8 held before the pretrained sweep: PSPNet ResNet-18 from random weights, 128 px, no
-# flips, 3000 + 360 iterations of batch 16, stride 16 then 8. The rows measured on it pin these settings, so
-# they still mean what the README's tables say now that conf/rs8 holds the pretrained recipe.
-FULL_ITERATIONS = "@full_iterations"  # an override key: (stage 1, stage 2) iterations of --budget full
-R18_RANDOM = {
-    f"{S1}.model.encoder": "resnet18",
-    f"{S1}.model.pretrained": None,
-    **_both("train.input_size", 128),
-    **_both("train.augment.hflip", False),
-    **_both("train.augment.vflip", False),
-    f"{S2}.model.output_stride": 8,
-    FULL_ITERATIONS: (3000, 360),
-}
-
-FLIPS = {**_both("train.augment.hflip", True), **_both("train.augment.vflip", True)}
-
-# name -> (description, overrides, stage1_only)
-CONFIGS: dict[str, tuple[str, dict, bool]] = {
-    "recipe": ("conf/rs8 as it stands (PSPNet on ImageNet EfficientNet-Lite0, stride 16)", {}, False),
-    "r18-random": (
-        "the previous conf/rs8: PSPNet ResNet-18 from random weights, 128 px, stride 16 then 8",
-        R18_RANDOM,
-        False,
-    ),
-    "deeplabv3plus": (
-        "r18-random with DeepLabV3+ instead of PSPNet",
-        {**R18_RANDOM, f"{S1}.model.arch": "deeplabv3plus"},
-        False,
-    ),
-    "flips": (
-        "r18-random with random horizontal + vertical flips in both stages",
-        {**R18_RANDOM, **FLIPS},
-        False,
-    ),
-    "stage1-only": (
-        "r18-random at stride 16 only, given stage 2's training time as extra iterations",
-        R18_RANDOM,
-        True,
-    ),
-    "input256": (
-        "r18-random with the tiles at their own 256 px instead of 128 px",
-        {**R18_RANDOM, **_both("train.input_size", 256)},
-        False,
-    ),
-    "resnet34": (
-        "r18-random with a ResNet-34 encoder",
-        {**R18_RANDOM, f"{S1}.model.encoder": "resnet34"},
-        False,
-    ),
-    "batch16": (
-        "r18-random with batch 16 instead of 8 at the short budget (same iterations: twice the images)",
-        {**R18_RANDOM, **_both("train.batch_size", 16)},
-        False,
-    ),
-    "seed1997": (
-        "r18-random with seed 1997 instead of 1996: run-to-run noise",
-        {**R18_RANDOM, **_both("train.seed", 1997)},
-        False,
-    ),
-    "lr2e-2": (
-        "r18-random with a stage-1 learning rate of 2e-2 instead of 1e-2",
-        {**R18_RANDOM, f"{S1}.train.lr": 0.02},
-        False,
-    ),
-}
-# The pretrained rows start from r18-random's settings (as they were measured) and change the encoder.
-_R18_SETTINGS = {k: v for k, v in R18_RANDOM.items() if k != FULL_ITERATIONS}
-LITE0 = {
-    **_R18_SETTINGS,
-    f"{S1}.model.encoder": "tu-tf_efficientnet_lite0",
-    f"{S1}.model.pretrained": "imagenet",
-}
-for _size in (128, 192, 256):
-    # Stride 16 only, and time-matched with the 128-px run: iterations scaled by (128 / size)^2.
-    CONFIGS[f"lite0-{_size}"] = (
-        f"ImageNet EfficientNet-Lite0, {_size} px, stride 16 only, iterations x (128/{_size})^2",
-        {**LITE0, **_both("train.input_size", _size), ITERATIONS_FACTOR: (128 / _size) ** 2},
-        True,
-    )
-CONFIGS["lite0-128-seed1997"] = (
-    "lite0-128 with seed 1997 instead of 1996: run-to-run noise of the pretrained rows",
-    {**CONFIGS["lite0-128"][1], **_both("train.seed", 1997)},
-    True,
-)
-CONFIGS["lite0-192-batch16"] = (
-    "lite0-192 with batch 16 (same iterations: twice the images)",
-    {**CONFIGS["lite0-192"][1], **_both("train.batch_size", 16)},
-    True,
-)
-for _lite in ("lite1", "lite2"):
-    CONFIGS[f"{_lite}-192"] = (
-        f"lite0-192 with ImageNet EfficientNet-{_lite.capitalize()} (same iterations, so more time)",
-        {**CONFIGS["lite0-192"][1], f"{S1}.model.encoder": f"tu-tf_efficientnet_{_lite}"},
-        True,
-    )
-CONFIGS["lite0-192-2stage"] = (
-    "lite0-192's training time split into stride 16 then stride 8 (the two-stage recipe)",
-    CONFIGS["lite0-192"][1],
-    False,
-)
-CONFIGS["lite0-192-flips"] = (
-    "lite0-192 with random horizontal + vertical flips",
-    {**CONFIGS["lite0-192"][1], **FLIPS},
-    True,
-)
-CONFIGS["lite0-192-enc0.1"] = (
-    "lite0-192 with the encoder at a tenth of the head's learning rate",
-    {**CONFIGS["lite0-192"][1], **_both("train.encoder_lr_mult", 0.1)},
-    True,
-)
-CONFIGS["lite0-192-balanced"] = (
-    "lite0-192 with class-balanced loss weights (1 / ln(1.02 + class share))",
-    {**CONFIGS["lite0-192"][1], **_both("train.class_weight", "balanced")},
-    True,
-)
-CONFIGS["lite0-192-ohem"] = (
-    "lite0-192 with OHEM pixel sampling (threshold 0.7, at least 100000 pixels a batch)",
-    {**CONFIGS["lite0-192"][1], **_both("train.ohem_thresh", 0.7)},
-    True,
-)
-# Precision: lite0-192 trains under amp: auto (bf16 autocast where the CPU runs bf16 natively); these rows
-# train the same in float32, and both at a second seed, to tell a precision effect from run-to-run noise.
-CONFIGS["lite0-192-fp32"] = (
-    "lite0-192 trained in float32 (amp: none) instead of amp: auto",
-    {**CONFIGS["lite0-192"][1], **_both("train.amp", "none")},
-    True,
-)
-for _name in ("lite0-192", "lite0-192-fp32"):
-    CONFIGS[f"{_name}-seed1997"] = (
-        f"{_name} with seed 1997 instead of 1996",
-        {**CONFIGS[_name][1], **_both("train.seed", 1997)},
-        True,
-    )
-# The fuller-budget stage split that chose conf/rs8's single stride (at fewer iterations than conf/rs8's):
-# Lite0 ImageNet, 192 px, batch 16, flips, 420 + 34 iterations at stride 16 then 8, against stride 16 alone
-# for the same training time.
-LITE0_CANDIDATE = {
-    **LITE0,
-    **_both("train.input_size", 192),
-    **_both("train.batch_size", 16),
-    **FLIPS,
-    FULL_ITERATIONS: (420, 34),
-}
-CONFIGS["lite0-candidate-2stage"] = (
-    "Lite0 ImageNet, 192 px, batch 16, flips: stride 16 then 8 (the two-stage recipe)",
-    LITE0_CANDIDATE,
-    False,
-)
-CONFIGS["stage1-only-lite"] = (
-    "lite0-candidate-2stage at stride 16 only, stage 2's time as extra iterations at Lite0's stage-2 cost",
-    {**LITE0_CANDIDATE, STAGE2_COST_KEY: LITE_STAGE2_COST},
-    True,
-)
-# The seed-1996 hold-out holds no pixel of *other* (0 of its 73 tiles; 42 of the 729 have some), so it cannot
-# say whether a loss option lifts that class. data_prep seed 2018 holds 7 such tiles out (28,410 pixels): the
-# three loss settings again on that split. Both are random tile hold-outs (they were measured before conf/rs8
-# held out whole source images): these rows pin it.
-for _name in ("lite0-192", "lite0-192-balanced", "lite0-192-ohem"):
-    CONFIGS[f"{_name}-split2018"] = (
-        f"{_name} with data_prep seed 2018: a random tile hold-out with 7 tiles of the class other",
-        {**CONFIGS[_name][1], "data_prep.seed": 2018, "data_prep.holdout_groups": None},
-        True,
-    )
 
 
 def log(msg: str) -> None:
@@ -295,15 +126,45 @@ def config_params(
         params.pop("submit.checkpoints", None)
     if stage1_only or holdout_only:
         args += ["--pipelines", ",".join(pipelines)]
-    dotlist = ",".join(f"{k}={_dotlist_value(v)}" for k, v in params.items())
+    dotlist = ",".join(
+        f"{k}={_dotlist_value(v)}" for k, v in params.items() if k not in file_overrides(params)
+    )
     return [*args, "--params", dotlist], params
+
+
+def file_overrides(params: dict) -> dict:
+    """The overrides ``kedro --params`` cannot carry (it splits on commas): lists and mappings. The sweep
+    writes them into the run's copy of conf/rs8 instead (``write_file_overrides``)."""
+    return {k: v for k, v in params.items() if isinstance(v, list | tuple | dict)}
+
+
+def write_file_overrides(project: Path, overrides: dict) -> None:
+    """Set each dotted key in the project copy's conf/rs8: in the parameters file that holds its top-level
+    key, else in a new ``parameters_sweep_<key>.yml`` (one file per top-level key: no duplicates)."""
+    import yaml
+
+    conf = project / "conf" / "rs8"
+    for key, value in overrides.items():
+        top, *path = key.split(".")
+        holders = [
+            f for f in sorted(conf.glob("parameters*.yml")) if top in (yaml.safe_load(f.read_text()) or {})
+        ]
+        target = holders[0] if holders else conf / f"parameters_sweep_{top}.yml"
+        doc = yaml.safe_load(target.read_text()) if target.exists() else {}
+        node = doc.setdefault(top, {})
+        for part in path[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[path[-1]] = list(value) if isinstance(value, tuple) else value
+        target.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def run_kedro(project: Path, args: list[str], log_path: Path, timeout: float) -> dict:
     rusage_path = log_path.with_suffix(".rusage.json")
     env = dict(os.environ, BENCH_RUSAGE_OUT=str(rusage_path), COLUMNS="400", NO_COLOR="1")
     env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    cmd = [sys.executable, "-c", WRAPPER, "run", *args]
+    cmd = [sys.executable, "-c", KEDRO_WRAPPER, "run", *args]
     with open(log_path, "wb") as out:
         returncode, wall, sampler = run_sampled(
             cmd, project, timeout, interval=0.2, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -380,7 +241,9 @@ def run_config(
     run = name if fold is None else f"{name}-fold{fold[1]}of{fold[0]}"
     project = make_project(work / run)
     args, params = config_params(name, budget, rs8, holdout_only, fold)
-    log(f"{run}: kedro run {shlex.join(args)}")
+    in_files = file_overrides(params)
+    write_file_overrides(project, in_files)
+    log(f"{run}: kedro run {shlex.join(args)}" + (f" with conf/rs8 holding {in_files}" if in_files else ""))
     res = run_kedro(project, args, work / f"{run}.log", timeout)
     reporting = project / "data" / "08_reporting"
     record = {
@@ -388,6 +251,7 @@ def run_config(
         "description": CONFIGS[name][0],
         "budget": budget,
         "command": "kedro run " + shlex.join(args),
+        "conf_rs8_overrides": in_files,  # lists and mappings: in the run's copy of conf/rs8, not in --params
         "overrides": {k: v for k, v in params.items() if k != "data_root"},
         **res,
         "stage1": _stage(reporting / "stage1_metrics.json"),

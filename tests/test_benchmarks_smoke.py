@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks: ``run_all.py --quick`` on its cheap sections (loader, train).
+"""Smoke test of the benchmarks: ``python -m benchmarks.run_all --quick`` on its cheap sections (loader,
+train), the rs8 sweep at its smoke budget, and bench_scenes / bench_engines on tiny inputs.
 
 Runs on the rs8 tiles when ``NAIC_SEG_RS8`` points at them, else on a few synthetic tiles written into
 ``tmp_path``; one torch thread keeps it quick and steady on a shared 2-core machine.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +16,13 @@ from pathlib import Path
 from naic_seg.core.synthetic import write_synthetic_tiles
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_env(**extra: str) -> dict:
+    """The environment for ``python -m benchmarks.<name>`` run from a temporary folder: the repository
+    root on PYTHONPATH, as when it runs from the root."""
+    paths = [str(PROJECT_ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths), **extra)
 
 
 def _positive(x) -> bool:
@@ -30,7 +37,7 @@ def test_run_all_quick_loader_and_train(tmp_path: Path) -> None:
         root = write_synthetic_tiles(tmp_path / "tiles", n_train=8, n_test=4, size=64)
     cmd = [
         sys.executable,
-        str(PROJECT_ROOT / "benchmarks" / "run_all.py"),
+        "-m", "benchmarks.run_all",
         "--quick",
         "--only", "loader", "train",
         "--rs8", str(root),
@@ -39,7 +46,7 @@ def test_run_all_quick_loader_and_train(tmp_path: Path) -> None:
         "--args", "loader=--workers 0 1",
         "--args", "train=--skip-gpu",
     ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=module_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads(proc.stdout)
 
@@ -82,14 +89,14 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
     root = write_synthetic_tiles(tmp_path / "tiles", n_train=12, n_test=4, size=64)
     cmd = [
         sys.executable,
-        str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"),
+        "-m", "benchmarks.rs8_sweep",
         "--rs8", str(root),
         "--budget", "smoke",
         "--configs", "recipe", "stage1-only",
         "--tmp", str(tmp_path),
         "--out", str(tmp_path / "out"),
     ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = module_env(OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     recipe, stage1_only = json.loads(proc.stdout)["results"]
@@ -109,9 +116,10 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
     assert recipe["command"].startswith("kedro run --env rs8 --params ")
 
     # stage 1 alone gets stage 2's iterations at their measured relative cost, and submits its own checkpoint
-    sweep = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"))
+    from benchmarks import rs8_sweep
+
     assert stage1_only["stage2"] is None
-    assert stage1_only["stage1"]["iterations"] == 4 + round(2 * sweep["STAGE2_COST"]) > 6
+    assert stage1_only["stage1"]["iterations"] == 4 + round(2 * rs8_sweep.STAGE2_COST) > 6
     assert stage1_only["test"]["tiles_scored"] == 4
     assert "--pipelines data_prep,train_stage1,submit" in stage1_only["command"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
@@ -121,8 +129,9 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
     assert not list(tmp_path.glob("rs8_sweep_*")), "the work dir is removed"
 
     table = subprocess.run(
-        [*cmd[:2], "--table", str(tmp_path / "out")], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.splitlines()
+        [*cmd[:3], "--table", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, check=True, env=env,
+    ).stdout.splitlines()  # fmt: skip
     assert (
         len(table) == 4
         and table[2].startswith("| recipe | smoke | ")
@@ -134,21 +143,23 @@ def test_rs8_sweep_smoke_budget_runs_the_flow_and_scores_both_stages(tmp_path: P
 def test_rs8_sweep_holdout_only_never_submits_and_time_matches_input_sizes() -> None:
     """Settings are chosen on the hold-out: --holdout-only runs no submit (the test tiles stay unseen), and
     the pretrained input-size rows get iterations scaled by (128 / size)^2, so they cost about the same."""
-    sweep = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "rs8_sweep.py"))
+    from benchmarks import rs8_sweep
+
     rs8 = Path("/data/rs8")
-    args, params = sweep["config_params"]("lite0-256", "short", rs8, True)
+    args, params = rs8_sweep.config_params("lite0-256", "short", rs8, True)
     assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1"]
-    assert params["train_stage1.train.iterations"] == round((400 + sweep["STAGE2_COST"] * 100) / 4)
+    assert params["train_stage1.train.iterations"] == round((400 + rs8_sweep.STAGE2_COST * 100) / 4)
     assert params["train_stage1.model.encoder"] == "tu-tf_efficientnet_lite0"
     assert params["train_stage1.train.input_size"] == 256 and "submit.checkpoints" not in params
     assert not any(k.startswith("@") for k in params)
-    args, _ = sweep["config_params"]("recipe", "short", rs8, True)
+    args, _ = rs8_sweep.config_params("recipe", "short", rs8, True)
     assert args[:4] == ["--env", "rs8", "--pipelines", "data_prep,train_stage1,train_stage2"]
-    args, _ = sweep["config_params"]("recipe", "short", rs8, False)
+    args, _ = rs8_sweep.config_params("recipe", "short", rs8, False)
     assert "--pipelines" not in args  # the whole flow, submit included
     # The Lite stage-1-only row pays stage 2's iterations at Lite0's measured stride-8 cost.
-    _, params = sweep["config_params"]("stage1-only-lite", "short", rs8, True)
-    assert params["train_stage1.train.iterations"] == round(400 + sweep["LITE_STAGE2_COST"] * 100) == 780
+    _, params = rs8_sweep.config_params("stage1-only-lite", "short", rs8, True)
+    lite_cost = rs8_sweep.CONFIGS["stage1-only-lite"].overrides["@stage2_cost"]
+    assert params["train_stage1.train.iterations"] == round(400 + lite_cost * 100) == 780
     assert not any(k.startswith("@") for k in params)
 
 
@@ -160,13 +171,14 @@ def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_
     import numpy as np
     import rasterio
 
+    from benchmarks import bench_scenes
+    from benchmarks._tiles import write_synthetic_scene
     from tests.pipelines.test_map_scenes import random_checkpoint
 
-    bench = runpy.run_path(str(PROJECT_ROOT / "benchmarks" / "bench_scenes.py"))
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     for i, name in enumerate(("rs8test_a", "rs8test_gid_mosaic", "full_b")):
-        scene = bench["write_synthetic_scene"](scenes / f"{name}.tif", 128, seed=i)
+        scene = write_synthetic_scene(scenes / f"{name}.tif", 128, seed=i)
         with rasterio.open(scene) as src:
             profile = {**src.profile, "count": 1, "dtype": "uint16"}
         codes = (np.arange(128)[None, :] // (16 + 8 * i) % 8 + 1) * 100 + np.zeros((128, 1), dtype=np.int64)
@@ -174,7 +186,7 @@ def test_bench_scenes_measures_memory_at_the_overlap_asked_and_pools_the_placed_
             dst.write(codes.astype(np.uint16)[None])
     ckpt = random_checkpoint(tmp_path / "ckpt.pt", input_size=32, tile_size=64)
 
-    doc = bench["main"](
+    doc = bench_scenes.main(
         ["--quick", "--skip-throughput", "--overlap", "0.5", "--checkpoint", str(ckpt),
          "--scenes", str(scenes), "--tile", "64", "--tmp", str(tmp_path)]
     )  # fmt: skip
