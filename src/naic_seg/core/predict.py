@@ -24,7 +24,8 @@ from naic_seg.core.checkpoint import CheckpointError, check_classes
 from naic_seg.core.data import ManifestDataset, check_manifest_files
 from naic_seg.core.engines import ENGINES, Engine, GraphSource, build_engine, torch_engine
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.models import build_model, input_normalization
+from naic_seg.core.models import build_model
+from naic_seg.core.normalization import checkpoint_normalization
 from naic_seg.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,6 @@ def load_models(checkpoints: Sequence[dict], runtime: Runtime) -> list[torch.nn.
             raise CheckpointError(f"checkpoint '{source}' does not fit its model {config}: {err}") from err
         models.append(runtime.place_model(model.eval()))
     return models
-
-
-def checkpoint_normalization(checkpoints: Sequence[dict]) -> dict:
-    """The input normalisation the checkpoints' models expect (recorded, or their encoder's for checkpoints
-    written before it was recorded); an ensemble must agree, since a batch is normalised once."""
-    found = [
-        c.get("preprocess", {}).get("normalization") or input_normalization(c["model"]["encoder"])
-        for c in checkpoints
-    ]
-    if any(n != found[0] for n in found):
-        raise CheckpointError(f"the ensemble's models expect different input normalisations: {found}")
-    return found[0]
 
 
 def tta_views(mode: str, scales: Sequence[float]) -> list[tuple[float, tuple[int, ...]]]:

@@ -45,9 +45,9 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
-from naic_seg.core.data import IMAGENET_MEAN
 from naic_seg.core.labels import IGNORE_INDEX, PALETTE, ClassTable
 from naic_seg.core.metrics import confusion_matrix, scores
+from naic_seg.core.normalization import mean_colour
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,6 @@ CONFIDENCE_NODATA = 0
 
 class SceneError(ValueError):
     """A scene (or its label) that cannot be mapped, named with the reason."""
-
-
-def mean_colour(normalization: dict | None) -> list[int]:
-    """The uint8 colour a model's input normalisation maps to 0 (ImageNet's mean when it names none)."""
-    mean = (normalization or {}).get("mean") or IMAGENET_MEAN
-    return [round(m * 255) for m in mean]
 
 
 @dataclass

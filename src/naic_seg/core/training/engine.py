@@ -18,7 +18,8 @@ from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.data import InfiniteSampler, ManifestDataset
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
-from naic_seg.core.models import build_model, convert_sync_batchnorm, input_normalization
+from naic_seg.core.models import build_model, convert_sync_batchnorm
+from naic_seg.core.normalization import input_normalization
 from naic_seg.core.runtime import Runtime
 from naic_seg.core.training.average import WeightAverage
 from naic_seg.core.training.config import TrainConfig
