@@ -205,7 +205,7 @@ def tiled_confusion(
 
     from naic_seg.core.labels import IGNORE_INDEX
     from naic_seg.core.metrics import confusion_matrix
-    from naic_seg.core.scenes import _fill_nodata
+    from naic_seg.core.scenes import fill_nodata
 
     n = classes.num_classes
     confusion = torch.zeros(n, n, dtype=torch.int64)
@@ -219,7 +219,7 @@ def tiled_confusion(
                     continue
                 image = src.read([1, 2, 3], window=win)
                 if fill is not None:
-                    image = _fill_nodata(image, valid, fill)
+                    image = fill_nodata(image, valid, fill)
                 pred = predictor.window_logits(torch.from_numpy(image[None].copy()))[0].argmax(0)
                 truth = classes.to_index(lab.read(1, window=win))
                 truth[~valid] = IGNORE_INDEX

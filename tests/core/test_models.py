@@ -501,8 +501,7 @@ def _rs8_batch(rs8_root: Path, normalization: str) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer
-    from naic_seg.core.models import input_normalization
+    from naic_seg.core.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, input_normalization
 
     files = sorted(p for p in (rs8_root / "train" / "images").iterdir() if p.is_file())
     files = files[:: max(1, len(files) // 16)][:16]
@@ -516,7 +515,7 @@ def _rs8_batch(rs8_root: Path, normalization: str) -> torch.Tensor:
 def test_lite_weights_expect_their_own_input_normalisation(rs8_root):
     """EfficientNet-Lite was trained on (x - 127) / 128: with that normalisation (the registry's), the stem
     BatchNorm sees inputs whose variance matches its running variance far better than with ImageNet's."""
-    from naic_seg.core.models import input_normalization
+    from naic_seg.core.normalization import input_normalization
 
     assert input_normalization(LITE0) == {"mean": [0.5] * 3, "std": [0.5] * 3}
     assert input_normalization("resnet18")["mean"] == [0.485, 0.456, 0.406]

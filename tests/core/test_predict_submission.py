@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 
 from naic_seg.core.checkpoint import CheckpointError, make_checkpoint
-from naic_seg.core.data import IMAGENET_STD
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.models import build_model
+from naic_seg.core.normalization import IMAGENET_STD
 from naic_seg.core.predict import (
     PredictConfig,
     Predictor,

@@ -66,14 +66,14 @@ def test_bands_joined_equal_the_whole_scene_map(tmp_path, h, w, window, overlap,
 def test_without_the_row_above_a_band_its_seam_rows_differ(tmp_path, monkeypatch):
     """The test above can fail: when the row of windows above a band adds nothing (read as all nodata), the
     band's first rows lack that row's blended share and differ from the whole-scene map there."""
-    import naic_seg.core.scenes as scenes
+    import naic_seg.core.scenes.driver as driver
 
     data = random_scene(400, 200, seed=5)
     scene = write_scene(tmp_path / "s.tif", data)
     opts = SceneOptions(window=64, overlap=0.5, batch_size=4)
     map_scene(scene, tmp_path / "whole.tif", noisy_conv_logits(), CLASSES, opts)
     second = plan_bands(inspect_scene(scene, opts), opts, 0.03)[1]
-    strips = scenes._strips
+    strips = driver.read_strips
 
     def without_the_row_above(*args):
         rows = iter(strips(*args))
@@ -81,7 +81,7 @@ def test_without_the_row_above_a_band_its_seam_rows_differ(tmp_path, monkeypatch
         yield image, np.zeros_like(mask)
         yield from rows
 
-    monkeypatch.setattr(scenes, "_strips", without_the_row_above)
+    monkeypatch.setattr(driver, "read_strips", without_the_row_above)
     map_band(scene, tmp_path / "band.tif", noisy_conv_logits(), CLASSES, opts, second)
     with rasterio.open(tmp_path / "whole.tif") as a, rasterio.open(tmp_path / "band.tif") as b:
         rows = slice(second.first_row, second.end_row)

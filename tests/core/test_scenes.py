@@ -15,7 +15,7 @@ from naic_seg.core.labels import ClassTable
 from naic_seg.core.scenes import (
     SceneError,
     SceneOptions,
-    _Axis,
+    WindowAxis,
     area_table,
     blend_profile,
     check_scenes,
@@ -103,7 +103,7 @@ def test_windows_weigh_every_pixel_once_in_all_and_carry_only_the_overlap(length
     more than ``window - stride`` pixels are ever carried from one window to the next: the bound on the
     mapper's memory."""
     stride = SceneOptions(window=window, overlap=overlap).stride
-    axis = _Axis.of(length, window, stride)
+    axis = WindowAxis.of(length, window, stride)
     total = np.zeros(length)
     finished = np.zeros(length, dtype=int)
     for start, lead, end, profile in zip(axis.starts, axis.leads, axis.ends, axis.profiles, strict=True):
@@ -116,6 +116,27 @@ def test_windows_weigh_every_pixel_once_in_all_and_carry_only_the_overlap(length
     later = [s + lead for s, lead in zip(axis.starts[1:], axis.leads[1:], strict=True)]
     for prev, first_weighed in zip(axis.starts, later, strict=False):  # a carry fits in window - stride
         assert prev + axis.span - first_weighed <= window - stride
+
+
+def test_the_window_and_nodata_colour_follow_the_model_unless_a_window_is_asked_for():
+    """Windows of the training tiles' side (each resized to the model's input as its tiles were), else of
+    the model's input side; a window asked for wins. Nodata is painted in the colour that the model's own
+    normalisation maps to 0 (ImageNet's mean for ResNets, mid-grey for EfficientNet-Lite)."""
+    from types import SimpleNamespace
+
+    from naic_seg.core.normalization import input_normalization
+    from naic_seg.core.scenes import fit_to_model
+
+    lite = SimpleNamespace(
+        tile_size=256, input_size=192, normalization=input_normalization("tu-tf_efficientnet_lite0")
+    )
+    resnet = SimpleNamespace(tile_size=None, input_size=192, normalization=input_normalization("resnet18"))
+    asked = SceneOptions(window=512, overlap=0.5)
+    fitted = fit_to_model(SceneOptions(overlap=0.5), lite)
+    assert (fitted.window, fitted.stride, fitted.fill_colour.ravel().tolist()) == (256, 128, [128, 128, 128])
+    assert fit_to_model(asked, lite).window == 512
+    fitted = fit_to_model(SceneOptions(), resnet)
+    assert (fitted.window, fitted.fill_colour.ravel().tolist()) == (192, [124, 116, 104])
 
 
 def test_overlap_above_a_half_is_refused():
@@ -375,10 +396,10 @@ def test_a_read_error_while_mapping_names_the_file_and_rows_and_writes_no_map(tm
     and the rows, and no map (nor temporary) is left."""
     from rasterio.errors import RasterioError
 
-    import naic_seg.core.scenes as scenes
+    import naic_seg.core.scenes.io as scene_io
 
     scene = write_scene(tmp_path / "bad.tif", random_scene(200, 120, seed=6))
-    real, calls = scenes._to_uint8, []
+    real, calls = scene_io.to_uint8, []
 
     def failing(block, limits):
         calls.append(1)
@@ -386,7 +407,7 @@ def test_a_read_error_while_mapping_names_the_file_and_rows_and_writes_no_map(tm
             raise RasterioError("simulated decode failure")
         return real(block, limits)
 
-    monkeypatch.setattr(scenes, "_to_uint8", failing)
+    monkeypatch.setattr(scene_io, "to_uint8", failing)
     out = tmp_path / "maps" / "bad.tif"
     out.parent.mkdir()
     with pytest.raises(SceneError, match=r"bad\.tif': cannot read rows 48\.\.112: simulated"):
@@ -402,7 +423,7 @@ def scaled_logits(scale=2500.0, seed=0):
 
 def single_window_pixels(length, window, stride):
     """Positions along an axis weighed by one window only (every other window's weight 0 there)."""
-    axis = _Axis.of(length, window, stride)
+    axis = WindowAxis.of(length, window, stride)
     covering = np.zeros(length, dtype=int)
     for start, profile in zip(axis.starts, axis.profiles, strict=True):
         covering[start : start + axis.span] += profile > 0

@@ -27,7 +27,7 @@ from rasterio.transform import from_origin
 from naic_seg.core.atomic import write_json
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.scenes import SceneOptions, map_scene
-from naic_seg.core.synthetic import _CLASS_COLOURS, write_synthetic_scenes
+from naic_seg.core.synthetic import CLASS_COLOURS, write_synthetic_scenes
 from naic_seg.datasets.scenes import SceneListing
 from naic_seg.pipelines.map_scenes.nodes import measure_areas, score_maps
 
@@ -132,7 +132,7 @@ def _write_scenes(root: Path) -> tuple[Path, Path]:
             CLASSES,
             SceneOptions(window=64, output_values=values),
         )
-    demo_colours = colour_logits(_CLASS_COLOURS.astype(np.uint8), blur=9)
+    demo_colours = colour_logits(CLASS_COLOURS.astype(np.uint8), blur=9)
     map_scene(scenes / "scene_0.tif", maps / "scene_0.tif", demo_colours, CLASSES, SceneOptions(window=128))
     return scenes, maps
 

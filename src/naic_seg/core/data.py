@@ -16,9 +16,6 @@ from PIL import Image
 from naic_seg.core.augment import check_augment, flip, photometric, rescale_crop
 from naic_seg.core.labels import ClassTable
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class TileReadError(OSError):
     """A tile named by a manifest cannot be read; the message names the file."""
@@ -154,22 +151,6 @@ def collate(samples: list[dict]) -> dict:
         same = all(lab.shape == labels[0].shape for lab in labels)
         batch["label"] = torch.stack(labels) if same else labels
     return batch
-
-
-class Normalizer(torch.nn.Module):
-    """uint8 NCHW -> float ImageNet-normalised, on whatever device the batch is on."""
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        super().__init__()
-        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)), persistent=False)
-        self.register_buffer(
-            "shift",
-            torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1),
-            persistent=False,
-        )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float() * self.scale - self.shift
 
 
 class InfiniteSampler(torch.utils.data.Sampler):

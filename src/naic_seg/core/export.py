@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from naic_seg.core.atomic import atomic_path
-from naic_seg.core.data import Normalizer
-from naic_seg.core.predict import checkpoint_normalization, load_models
+from naic_seg.core.normalization import Normalizer, checkpoint_normalization
+from naic_seg.core.predict import load_models
 from naic_seg.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -158,10 +158,8 @@ def check_onnx(
     image), both fed the checkpoint's normalisation; raises above ``atol``."""
     import onnxruntime as ort
 
-    stats = checkpoint_normalization([checkpoint])
-    x = Normalizer(stats["mean"], stats["std"])(
-        torch.tensor(np.asarray(images))
-    )  # a copy: PIL arrays are read-only
+    normalize = Normalizer.of(checkpoint_normalization([checkpoint]))
+    x = normalize(torch.tensor(np.asarray(images)))  # a copy: PIL arrays are read-only
     with torch.no_grad():
         expected = network(checkpoint)(x).numpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,11 @@ from naic_seg.core.checkpoint import CheckpointError, check_classes
 from naic_seg.core.data import ManifestDataset, check_manifest_files, resize_image
 from naic_seg.core.engines import ENGINES, Engine, GraphSource, build_engine, torch_engine
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.models import build_model, input_normalization
+from naic_seg.core.models import build_model
+from naic_seg.core.normalization import checkpoint_normalization
+from naic_seg.core.progress import Progress
 from naic_seg.core.runtime import Runtime
+from naic_seg.core.windows import window_starts, window_stride
 
 log = logging.getLogger(__name__)
 
@@ -73,18 +75,6 @@ def load_models(checkpoints: Sequence[dict], runtime: Runtime) -> list[torch.nn.
             raise CheckpointError(f"checkpoint '{source}' does not fit its model {config}: {err}") from err
         models.append(runtime.place_model(model.eval()))
     return models
-
-
-def checkpoint_normalization(checkpoints: Sequence[dict]) -> dict:
-    """The input normalisation the checkpoints' models expect (recorded, or their encoder's for checkpoints
-    written before it was recorded); an ensemble must agree, since a batch is normalised once."""
-    found = [
-        c.get("preprocess", {}).get("normalization") or input_normalization(c["model"]["encoder"])
-        for c in checkpoints
-    ]
-    if any(n != found[0] for n in found):
-        raise CheckpointError(f"the ensemble's models expect different input normalisations: {found}")
-    return found[0]
 
 
 def tta_views(mode: str, scales: Sequence[float]) -> list[tuple[float, tuple[int, ...]]]:
@@ -205,8 +195,8 @@ class Predictor:
         """Logits of one normalised 1xCxHxW tile from overlapping ``window`` crops (averaged where they
         overlap), each resized to the input size."""
         _, _, h, w = image.shape
-        stride = max(1, math.ceil(window * (1 - overlap)))
-        places = [(y, x) for y in _starts(h, window, stride) for x in _starts(w, window, stride)]
+        stride = window_stride(window, overlap)
+        places = [(y, x) for y in window_starts(h, window, stride) for x in window_starts(w, window, stride)]
         total = torch.zeros(1, self.num_classes, h, w, device=image.device)
         count = torch.zeros(1, 1, h, w, device=image.device)
         step = self.cfg.batch_size
@@ -218,13 +208,6 @@ class Predictor:
                 total[..., y : y + wh[0], x : x + wh[1]] += logit
                 count[..., y : y + wh[0], x : x + wh[1]] += 1
         return total / count
-
-
-def _starts(length: int, window: int, stride: int) -> list[int]:
-    if length <= window:
-        return [0]
-    starts = list(range(0, length - window, stride))
-    return [*starts, length - window]
 
 
 def class_map(logits: torch.Tensor, size) -> torch.Tensor:
@@ -275,7 +258,7 @@ def predict_tiles(
         keep_above=cfg.slide_above if cfg.mode == "auto" else None,
     )
     loader = predictor.runtime.loader(dataset, cfg.batch_size, cfg.workers)
-    progress = _TileProgress(len(manifest), progress_every)
+    progress = Progress(log, len(manifest), every_n=progress_every, label="predicted", unit="tiles")
     for batch in loader:
         sizes = batch["orig_size"].tolist()
         images = batch["image"]
@@ -310,22 +293,3 @@ def _group_logits(predictor: Predictor, x: torch.Tensor, slide: bool) -> torch.T
     if predictor.input_size and tuple(x.shape[-2:]) != (predictor.input_size,) * 2:
         x = _resize(x, (predictor.input_size, predictor.input_size))
     return predictor.logits(x)
-
-
-class _TileProgress:
-    """A log line every ``every`` tiles with the rate and ETA."""
-
-    def __init__(self, total: int, every: int):
-        self.total, self.every, self.done, self.started = total, every, 0, time.perf_counter()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        if self.every and self.done % self.every < n:
-            rate = self.done / (time.perf_counter() - self.started)
-            log.info(
-                "predicted %d/%d tiles (%.1f tiles/s, ETA %.0f s)",
-                self.done,
-                self.total,
-                rate,
-                (self.total - self.done) / rate,
-            )

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD, Normalizer, collate
+from naic_seg.core.data import collate
+from naic_seg.core.normalization import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,7 @@ class Runtime:
     def normalizer(self, normalization: dict | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         """uint8 NCHW (any device) -> float32 on this device, in this memory format, normalised with
         ``{"mean", "std"}`` (default ImageNet's: what the ResNets' weights expect)."""
-        normalization = normalization or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-        normalize = Normalizer(normalization["mean"], normalization["std"]).to(self.device)
+        normalize = Normalizer.of(normalization).to(self.device)
 
         def prepare(images: torch.Tensor) -> torch.Tensor:
             x = normalize(images.to(self.device, non_blocking=True))

