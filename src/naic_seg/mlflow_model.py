@@ -53,10 +53,10 @@ from naic_seg.core.checkpoint import load_checkpoint, save_checkpoint
 from naic_seg.core.data import resize_image
 from naic_seg.core.export import cached_onnx, check_onnx, input_size
 from naic_seg.core.labels import PALETTE, ClassTable
+from naic_seg.core.normalization import checkpoint_normalization
 from naic_seg.core.predict import (
     PredictConfig,
     Predictor,
-    checkpoint_normalization,
     predict_image,
     view_sizes,
 )
