@@ -32,7 +32,9 @@ def run_ci(tmp_path: Path, env: dict, with_data: bool = False) -> subprocess.Com
 def test_ci_without_the_rs8_tiles_fails_naming_what_is_missing(tmp_path):
     result = run_ci(tmp_path, {"CI": "true"})
     assert result.returncode != 0
-    assert "CI=true but no rs8 tiles" in result.stderr and "../shared/data/rs8/train is absent" in result.stderr
+    assert (
+        "CI=true but no rs8 tiles" in result.stderr and "../shared/data/rs8/train is absent" in result.stderr
+    )
     assert "make" not in result.stdout  # no test ran
 
 
