@@ -6,7 +6,10 @@ import os
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before any test module imports mlflow
 
-import shutil  # noqa: E402
+import ipaddress  # noqa: E402
+import shutil
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +19,103 @@ from PIL import Image
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CLASS_VALUES = (100, 200, 300, 400, 500, 600, 700, 800)
+
+# Loopback only. Every process a test starts inherits these (torch's launcher, gloo, Dask workers, `kedro run`
+# subprocesses): rendezvous on 127.0.0.1 and gloo's sockets on the loopback interface, never the host's
+# address. In this process the guard below also fails any test that connects anywhere else.
+LOOPBACK_ENV = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo0" if sys.platform == "darwin" else "lo"}
+os.environ.update(LOOPBACK_ENV)
+
+
+class NonLoopbackConnection(AssertionError):
+    """A test tried to connect to an address outside the loopback."""
+
+
+def is_loopback(family: int, address) -> bool:
+    """AF_UNIX always; AF_INET / AF_INET6 when the host is localhost or in 127.0.0.0/8 or ::1."""
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        return True  # AF_UNIX, netlink, ...: nothing leaves the machine
+    host = address[0] if isinstance(address, tuple) else address
+    if isinstance(host, bytes):
+        host = host.decode()
+    host = str(host).split("%")[0]  # IPv6 scope id
+    if host == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # any other host name may resolve outside the loopback
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class LoopbackGuard:
+    """Refuses ``connect``, ``connect_ex`` and ``create_connection`` to a non-loopback address (nothing is
+    sent: the check comes first) and records every attempt, so a test that swallows the error fails too."""
+
+    def __init__(self):
+        self.attempts: list[str] = []
+
+    def check(self, family: int, address) -> None:
+        if not is_loopback(family, address):
+            self.attempts.append(repr(address))
+            raise NonLoopbackConnection(
+                f"tests talk to the loopback only: refused a connection to {address!r}"
+            )
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+        real_create_connection = socket.create_connection
+        guard = self
+
+        def connect(sock, address):
+            guard.check(sock.family, address)
+            return real_connect(sock, address)
+
+        def connect_ex(sock, address):
+            guard.check(sock.family, address)
+            return real_connect_ex(sock, address)
+
+        def create_connection(address, *args, **kwargs):
+            guard.check(socket.AF_INET6 if ":" in str(address[0]) else socket.AF_INET, address)
+            return real_create_connection(address, *args, **kwargs)
+
+        monkeypatch.setattr(socket.socket, "connect", connect)
+        monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+        monkeypatch.setattr(socket, "create_connection", create_connection)
+
+
+def _refused(guard: LoopbackGuard) -> str:
+    attempts, guard.attempts = guard.attempts, []
+    return f"connection(s) outside the loopback attempted: {', '.join(attempts)}"
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch) -> Iterator[LoopbackGuard]:
+    """Fails the test that connected (or tried to) to anything but the loopback, even if it caught the error:
+    in its call (see ``pytest_runtest_call``), or at teardown for an attempt made by a fixture."""
+    guard = LoopbackGuard()
+    guard.install(monkeypatch)
+    for name, value in LOOPBACK_ENV.items():  # a test that changed them gets them back
+        monkeypatch.setenv(name, value)
+    yield guard
+    if guard.attempts:
+        pytest.fail(_refused(guard), pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    guard = getattr(item, "funcargs", {}).get("loopback_only")
+    try:
+        result = yield
+    except BaseException:
+        if guard is not None:
+            guard.attempts.clear()  # the test fails already, with the guard's error if it let it through
+        raise
+    if guard is not None and guard.attempts:
+        raise NonLoopbackConnection(_refused(guard))
+    return result
 
 
 @pytest.fixture(autouse=True)

@@ -140,6 +140,23 @@ def test_manifest_naming_a_vanished_file_fails_before_training(kedro_runner, tmp
     assert not list(kedro_runner.path("data/06_models").glob("stage1_checkpoint.pt/*"))
 
 
+def test_a_test_tile_that_vanished_fails_submit_before_any_prediction(kedro_runner, tmp_path, caplog):
+    """README: a manifest naming a file that is gone fails submit before any work, listing the files."""
+    from tests.pipelines.test_map_scenes import random_checkpoint
+
+    root = _train_once(kedro_runner, tmp_path)
+    test_manifest = json.loads(kedro_runner.path("data/05_model_input/test_manifest.json").read_text())
+    gone = Path(test_manifest[-1]["filename"])
+    gone.unlink()
+    ckpt = random_checkpoint(tmp_path / "random.pt")
+    params = {"data_root": str(root), "submit": {"checkpoints": [str(ckpt)], "workers": 0}}
+    with pytest.raises(Exception, match=f"1 file\\(s\\) named by the manifest do not exist.*\n  - {gone}$"):
+        kedro_runner.run("submit", params=params)
+    assert "Prediction engine" not in caplog.text  # no model was built, no tile read
+    out = kedro_runner.path("data/07_model_output")
+    assert not out.exists() or not list(out.iterdir())  # no pickle, no zip, no temporary
+
+
 def test_manifest_that_is_not_json_is_named(kedro_runner, tmp_path):
     root = _train_once(kedro_runner, tmp_path)
     manifest = kedro_runner.path("data/05_model_input/val_manifest.json")
@@ -236,26 +253,54 @@ def test_sigkill_during_training_then_the_same_command_resumes(kedro_runner):
     assert torch.load(resume, weights_only=True)["iteration"] == 40
 
 
-def test_sigkill_during_submit_leaves_no_partial_pickle_or_zip(kedro_runner, tmp_path):
-    project = kedro_runner.project
+def _trained_for_submit(kedro_runner, tmp_path) -> tuple[Path, list[str]]:
+    """300 test tiles of 256 px and both stages trained; the ``kedro run`` arguments of a slow submit."""
     root = make_tree(tmp_path / "tiles", n_train=6, n_test=300, size=256)
     kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": {"holdout": 2}})
     kedro_runner.run("train_stage1", params={"data_root": str(root), **TINY})
     kedro_runner.run("train_stage2", params={"data_root": str(root), **TINY})
+    params = f"data_root={root},submit.workers=0,submit.batch_size=1,submit.input_size=256"
+    return root, ["--pipeline", "submit", "--params", params]
+
+
+def test_sigkill_during_submit_leaves_no_partial_pickle_or_zip(kedro_runner, tmp_path):
+    project = kedro_runner.project
+    _, args = _trained_for_submit(kedro_runner, tmp_path)
     out_dir = project / "data/07_model_output"
-    proc = kedro_cli(
-        project,
-        "--pipeline",
-        "submit",
-        "--params",
-        f"data_root={root},submit.workers=0,submit.batch_size=1,submit.input_size=256",
+    proc = kedro_cli(project, *args)
+    # The progress signal: records reach the pickle's temporary file (its first buffer flushed).
+    wait_for(
+        lambda: any(p.stat().st_size > 0 for p in out_dir.glob(".test_predictions.pkl.*.tmp")), 180, proc
     )
-    wait_for(lambda: any(out_dir.glob(".test_predictions.pkl.*.tmp")), 120, proc)
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert list(out_dir.glob(".test_predictions.pkl.*.tmp")), (
+        "the kill did not land while the pickle was written"
+    )
     assert not (out_dir / "test_predictions.pkl").exists()
     assert not (out_dir / "submission.zip").exists()
+
+
+def test_sigkill_during_the_zip_write_leaves_no_zip_then_the_same_command_completes(kedro_runner, tmp_path):
+    from naic_seg.core.submission import check_submission, expected_entries
+
+    project = kedro_runner.project
+    _, args = _trained_for_submit(kedro_runner, tmp_path)
+    out_dir = project / "data/07_model_output"
+    proc = kedro_cli(project, *args)
+    wait_for(lambda: any(out_dir.glob(".submission.zip.*.tmp")), 300, proc)  # the zip is being written
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(out_dir.glob(".submission.zip.*.tmp")), "the kill did not land while the zip was written"
+    assert not (out_dir / "submission.zip").exists()
+    assert (out_dir / "test_predictions.pkl").exists()  # the step before finished
+    again = kedro_cli(project, *args)
+    out, _ = again.communicate(timeout=600)
+    assert again.returncode == 0, out[-3000:]
+    manifest = json.loads((project / "data/05_model_input/test_manifest.json").read_text())
+    values = ClassTable.naic().values
+    assert check_submission(out_dir / "submission.zip", expected_entries(manifest), values) == 300
+    assert sorted(p.name for p in out_dir.iterdir()) == ["submission.zip", "test_predictions.pkl"]
 
 
 def _write_then_kill(script: str, tmp_sibling: str, folder: Path) -> None:
@@ -351,3 +396,103 @@ def test_a_full_disk_during_a_write_keeps_the_previous_file_and_leaves_no_temp(t
     monkeypatch.setattr(atomic.json, "dump", real_dump)
     assert target.read_text() == "[]"
     assert [p.name for p in tmp_path.iterdir()] == ["val_manifest.json"]
+
+
+# --- a full disk while a checkpoint, the zip or a scene map is written ------------------------------------
+
+
+def _disk_fills_after(n_bytes: int):
+    """What a writer meets when the disk fills: ``n_bytes`` of the file land, then ENOSPC."""
+    import errno
+
+    def fill(path) -> None:
+        with open(path, "r+b") as fh:
+            fh.truncate(n_bytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return fill
+
+
+def _only(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_full_disk_while_a_checkpoint_is_saved_keeps_the_last_version_loadable(tmp_path, monkeypatch):
+    from naic_seg.datasets import TorchCheckpointDataset
+
+    model = {"arch": "pspnet", "encoder": "resnet18", "output_stride": 16, "num_classes": 8}
+    state = build_model(**model).state_dict()
+    dataset = TorchCheckpointDataset(str(tmp_path / "stage1_checkpoint.pt"))
+    dataset.save(make_checkpoint(model, state, 7, {}, []))
+    good = dataset.load().path
+    good_bytes = good.read_bytes()
+    real_save = torch.save
+
+    def save_until_full(obj, path, **kwargs):
+        real_save(obj, path, **kwargs)
+        _disk_fills_after(len(good_bytes) // 3)(path)
+
+    monkeypatch.setattr(torch, "save", save_until_full)
+    # Kedro wraps the dataset's error; the message names the file and the reason.
+    with pytest.raises(Exception, match=r"cannot write '.*stage1_checkpoint\.pt': No space left on device"):
+        TorchCheckpointDataset(str(tmp_path / "stage1_checkpoint.pt")).save(
+            make_checkpoint(model, state, 8, {}, [])
+        )
+    monkeypatch.setattr(torch, "save", real_save)
+    latest = TorchCheckpointDataset(str(tmp_path / "stage1_checkpoint.pt")).load()
+    assert latest.path == good and good.read_bytes() == good_bytes  # the new version never appears
+    assert load_checkpoint(latest.path)["iteration"] == 7
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p != good]  # no temporary, no partial file
+
+
+def test_a_full_disk_while_the_zip_is_written_keeps_the_previous_zip(tmp_path, monkeypatch):
+    import errno
+    import zipfile
+
+    from naic_seg.core import submission
+
+    values = ClassTable.naic().values
+    expected = {f"results/{i}.png": (8, 8) for i in range(5)}
+
+    def entries(value):
+        return [(name, submission.encode_png(np.full((8, 8), value, np.uint16))) for name in expected]
+
+    target = tmp_path / "submission.zip"
+    submission.write_submission(target, entries(100), expected, values)
+    before = target.read_bytes()
+    real_writestr, written = zipfile.ZipFile.writestr, []
+
+    def writestr_until_full(self, name, data, *args, **kwargs):
+        if len(written) == 3:  # three entries in, the fourth does not fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(name)
+        return real_writestr(self, name, data, *args, **kwargs)
+
+    monkeypatch.setattr(zipfile.ZipFile, "writestr", writestr_until_full)
+    with pytest.raises(OSError, match=r"cannot write '.*submission\.zip': No space left on device"):
+        submission.write_submission(target, entries(200), expected, values)
+    assert target.read_bytes() == before and _only(tmp_path) == ["submission.zip"]
+    assert submission.check_submission(target, expected, values) == 5
+
+
+def test_a_full_disk_while_a_scene_map_is_written_keeps_the_previous_map(tmp_path, monkeypatch):
+    import rasterio.shutil
+
+    from naic_seg.core.scenes import SceneOptions, map_scene
+    from tests.core.test_scenes import conv_logits, random_scene, write_scene
+
+    scene = write_scene(tmp_path / "scene.tif", random_scene(200, 300))
+    maps = tmp_path / "maps"
+    target, options = maps / "scene.tif", SceneOptions(window=64, batch_size=4)
+    map_scene(scene, target, conv_logits(seed=1), ClassTable.naic(), options)
+    before = target.read_bytes()
+    real_copy = rasterio.shutil.copy
+
+    def copy_until_full(source, destination, **kwargs):  # the COG of the strips: the map's last write
+        real_copy(source, destination, **kwargs)
+        _disk_fills_after(Path(destination).stat().st_size // 2)(destination)
+
+    monkeypatch.setattr(rasterio.shutil, "copy", copy_until_full)
+    with pytest.raises(OSError, match=r"cannot write '.*maps/scene\.tif': No space left on device"):
+        map_scene(scene, target, conv_logits(seed=2), ClassTable.naic(), options)
+    assert target.read_bytes() == before and _only(maps) == ["scene.tif"]  # no strips, no partial COG

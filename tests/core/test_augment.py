@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from naic_seg.core.augment import check_augment, photometric, rescale_crop
 from naic_seg.core.data import ManifestDataset
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.synthetic import write_synthetic_tiles
+from tests.conftest import write_tile
 
 PHOTOMETRIC = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.02, "gamma": [0.8, 1.25]}
 
@@ -95,3 +98,70 @@ def test_augment_options_are_checked():
         check_augment({"photometric": {"brightness": 1.5}})
     with pytest.raises(ValueError, match=r"augment.scale must be \[low, high\]"):
         check_augment({"scale": [1.5, 0.75]})
+
+
+def _rs8_augment() -> dict:
+    import yaml
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "rs8" / "parameters_train.yml"
+    return yaml.safe_load(conf.read_text())["train_stage1"]["train"]["augment"]
+
+
+TABLE_VALUES = np.asarray(ClassTable.naic().values, dtype=np.uint16)
+
+
+def _coded_tile(root: Path, side: int = 64, block: int = 8) -> dict:
+    """A tile whose red band encodes its label (class index i -> 32 i + 5) in blocks of ``block`` px of random
+    classes, and whose green / blue bands are the pixel's row / column, so a flip shows in them."""
+    rng = np.random.default_rng(3)
+    index = np.kron(rng.integers(0, 8, size=(side // block, side // block)), np.ones((block, block), int))
+    rows, cols = np.mgrid[0:side, 0:side] * (256 // side)
+    image = np.stack([32 * index + 5, rows, cols], axis=-1).astype(np.uint8)
+    image_path, label_path = write_tile(root, "train", 1, image=image, label=TABLE_VALUES[index])
+    return {"filename": str(image_path), "ann": {"seg_map": str(label_path)}}
+
+
+@pytest.mark.parametrize(
+    ("augment", "flips"),
+    [
+        ({"hflip": True}, {(False, False), (True, False)}),
+        ({"vflip": True}, {(False, False), (False, True)}),
+        ({"hflip": True, "vflip": True}, {(False, False), (True, False), (False, True), (True, True)}),
+        ("conf/rs8", {(False, False), (True, False), (False, True), (True, True)}),
+    ],
+)
+@pytest.mark.parametrize("size", [64, 32])
+def test_flips_keep_image_and_label_aligned(tmp_path, augment, flips, size):
+    """Every flip the training stream draws moves image and label together, at the tile's size and resized
+    to a smaller input (as conf/rs8 trains: flips, then 256 -> 192 px); each combination is drawn."""
+    augment = _rs8_augment() if augment == "conf/rs8" else augment
+    assert augment.get("hflip") or augment.get("vflip")
+    entry = _coded_tile(tmp_path)
+    ds = ManifestDataset([entry], ClassTable.naic(), size, augment=augment, seed=11)
+    seen = set()
+    for position in range(48):
+        sample = ds[(0, position)]
+        image, label = sample["image"].numpy().astype(int), sample["label"].numpy()
+        # Which flips were drawn: the rows / columns the green / blue bands carry run backwards.
+        y, x = np.mgrid[0:size, 0:size]
+        drawn = (
+            np.corrcoef(image[2].ravel(), x.ravel())[0, 1] < 0,
+            np.corrcoef(image[1].ravel(), y.ravel())[0, 1] < 0,
+        )
+        seen.add(drawn)
+        decoded = (image[0] - 5 + 16) // 32  # the label the red band encodes
+        if size == 64:
+            assert np.array_equal(decoded, label), (position, drawn)
+        else:  # bilinear image vs nearest label: compare where the label is the same all around
+            padded = np.pad(label, 1, mode="edge")
+            inner = np.all(
+                [
+                    padded[1 + dy : 1 + dy + size, 1 + dx : 1 + dx + size] == label
+                    for dy in (-1, 0, 1)
+                    for dx in (-1, 0, 1)
+                ],
+                axis=0,
+            )
+            assert inner.mean() > 0.4
+            assert np.array_equal(decoded[inner], label[inner]), (position, drawn)
+    assert seen == flips

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -246,6 +245,30 @@ def test_a_corrupt_scene_is_named_and_nothing_is_mapped(kedro_runner, tmp_path):
     assert not maps.exists() or not any(maps.iterdir())
 
 
+def test_bad_scenes_are_refused_before_any_checkpoint_is_opened(kedro_runner, tmp_path):
+    """README: "Bad scenes refuse the run before any model is loaded": with a checkpoint path that does not
+    exist, a bad scene gives the scene error; with good scenes, the same path gives the checkpoint's."""
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    profile = {"driver": "GTiff", "width": 40, "height": 30, "count": 3, "dtype": "uint8"}
+    with rasterio.open(folder / "fine.tif", "w", **profile) as dst:
+        dst.write(np.full((3, 30, 40), 7, np.uint8))
+    with rasterio.open(folder / "two_bands.tif", "w", **{**profile, "count": 2}) as dst:
+        dst.write(np.full((2, 30, 40), 7, np.uint8))
+    absent = tmp_path / "no_such_checkpoint.pt"
+    params = {"scenes_root": str(folder), "map_scenes": {"checkpoints": [str(absent)]}}
+    with pytest.raises(
+        Exception, match=r"1 scene\(s\) cannot be mapped:\n  '.*two_bands\.tif' has 2 band"
+    ) as info:
+        kedro_runner.run("map_scenes", params=params)
+    assert "checkpoint" not in str(info.value)
+    (folder / "two_bands.tif").unlink()
+    with pytest.raises(Exception, match=f"checkpoint '{absent}' does not exist"):
+        kedro_runner.run("map_scenes", params=params)
+    maps = kedro_runner.path("data/07_model_output/scene_maps")
+    assert not maps.exists() or not any(maps.iterdir())
+
+
 def test_sigkill_during_mapping_leaves_no_partial_map_then_the_same_command_completes(kedro_runner, tmp_path):
     project = kedro_runner.project
     ckpt = random_checkpoint(tmp_path / "random.pt", input_size=32, tile_size=128)
@@ -261,10 +284,11 @@ def test_sigkill_during_mapping_leaves_no_partial_map_then_the_same_command_comp
     ]
     maps = project / "data/07_model_output/scene_maps"
     proc = kedro_cli(project, *args)
+    # The progress signal: the first map's rows are being written into its temporary strips file.
     wait_for(lambda: maps.is_dir() and any(maps.glob(".scene_0.tif.*.strips.tmp")), 180, proc)
-    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert list(maps.glob(".scene_0.tif.*")), "the kill did not land while the map was written"
     assert not (maps / "scene_0.tif").exists() and not (maps / "scene_1.tif").exists()
     again = subprocess.run(
         [sys.executable, "-m", "kedro", "run", *args],

@@ -7,6 +7,7 @@ A run killed mid-write leaves the previous version of the file (or no file) and 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -14,6 +15,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# No room left: the device, the user's quota, or the largest file allowed.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 @contextlib.contextmanager
@@ -32,6 +36,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise OSError(
+            err.errno, f"cannot write '{target}': {err.strerror or err} (any previous version is kept)"
+        ) from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
@@ -68,7 +78,6 @@ def check_writable(target: str | os.PathLike) -> None:
 def move_into_place(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Move a finished file to ``target`` atomically: a rename on one file system, else a copy to a
     temporary beside the target, then a rename."""
-    import errno
     import shutil
 
     Path(target).parent.mkdir(parents=True, exist_ok=True)

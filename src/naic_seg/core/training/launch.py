@@ -58,7 +58,7 @@ def launch(
 ) -> TrainResult | None:
     """Train data-parallel on ``nproc`` processes per machine with torchrun's launcher.
 
-    One machine: ``nnodes=1`` and a free local port is picked. Several machines: the same call on each,
+    One machine: ``nnodes=1`` and a free port on 127.0.0.1 is picked. Several machines: the same call on each,
     with ``nnodes`` and a shared ``rdzv_endpoint`` (host:port of the first machine) and ``run_id``;
     only the machine holding global rank 0 gets the result (the others get None).
     """
@@ -66,13 +66,17 @@ def launch(
         return train(model_config, cfg, train_manifest, val_manifest, classes, init_state, log_fn)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # One machine: the rendezvous and the workers' store on 127.0.0.1 (by default torch's launcher gives the
+    # workers the host's name as MASTER_ADDR, which resolves to an address beyond the loopback).
+    alone = nnodes == 1 and rdzv_endpoint is None
     config = LaunchConfig(
         min_nodes=nnodes,
         max_nodes=nnodes,
         nproc_per_node=nproc,
         run_id=run_id or f"naic-seg-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d",
-        rdzv_endpoint=rdzv_endpoint or "localhost:0",
+        rdzv_endpoint=rdzv_endpoint or "127.0.0.1:0",
+        local_addr="127.0.0.1" if alone else None,
         max_restarts=0,
         monitor_interval=0.5,
         start_method="spawn",
