@@ -1,5 +1,5 @@
-"""Project hooks: fail before long work when an output could not be written; name and tag the MLflow run;
-quieten known chatty loggers; end every run with a short summary."""
+"""Project hooks: fail before long work on a bad parameter block or an output that could not be written;
+name and tag the MLflow run; quieten known chatty loggers; end every run with a short summary."""
 
 from __future__ import annotations
 
@@ -27,9 +27,23 @@ def output_path(dataset) -> Path | None:
 
 
 class OutputCheckHook:
+    """Fails a run before its first node: a parameter block its nodes would refuse, or an output that could
+    not be written."""
+
+    def __init__(self):
+        self.params: dict = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self.params = dict(context.params)
+
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        """Every file the run will write must be writable now, not after hours of training."""
+        """Every block the run's nodes take parses (a typo in submit's fails before training, not after),
+        and every file the run will write is writable now, not after hours of training."""
+        from naic_seg.pipelines.options import parse_blocks
+
+        parse_blocks(self.params, [name.removeprefix("params:") for name in pipeline.inputs()])
         for name in sorted(pipeline.all_outputs()):
             if name not in catalog:
                 continue

@@ -22,6 +22,7 @@ from naic_seg.core.distributed import (
     ModelSpec,
     SubmitDistributed,
     connect,
+    cpu_count,
     local_cluster,
 )
 from naic_seg.core.distributed_map import DistributedSceneMapper
@@ -169,13 +170,19 @@ def test_an_address_nobody_answers_at_fails_within_the_timeout_naming_it():
 
 
 def test_options_refuse_unknown_keys_and_bad_addresses():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['chunk_size'\]; valid: address, retries"):
-        MapDistributed.from_params({"address": "local", "chunk_size": 3}, "map_scenes")
+    block = {"address": "local", "retries": 2, "timeout_s": 30, "dashboard": False, "split_above_mpx": None}
+    assert MapDistributed.from_params(block, "map_scenes.distributed").local_workers() == cpu_count()
+    with pytest.raises(ValueError, match="unknown key 'chunk_size' in map_scenes.distributed; valid: addr"):
+        MapDistributed.from_params({**block, "chunk_size": 3}, "map_scenes.distributed")
+    with pytest.raises(ValueError, match="^map_scenes.distributed.address must be null, local, local:N or"):
+        MapDistributed.from_params({**block, "address": "localhost:8786"}, "map_scenes.distributed")
+    with pytest.raises(ValueError, match="^map_scenes.distributed.retries must be at least 0, got -1"):
+        MapDistributed.from_params({**block, "retries": -1}, "map_scenes.distributed")
     with pytest.raises(ValueError, match="null, local, local:N or tcp://host:port; got 'localhost:8786'"):
         ClusterOptions(address="localhost:8786")
     assert ClusterOptions(address="local:3").local_workers() == 3
     assert ClusterOptions(address="tcp://127.0.0.1:8786").local_workers() is None
-    assert SubmitDistributed.from_params(None, "submit").in_process
+    assert SubmitDistributed().in_process
     with pytest.raises(ValueError, match="max_in_flight must be at least 1"):
         SubmitDistributed(max_in_flight=0)
 

@@ -139,7 +139,7 @@ def test_a_bad_table_is_named(tmp_path: Path, table, where, what):
     params = {"csv": csv, "group_column": "source", **table}
     if params["csv"] == "missing.csv":
         params["csv"] = str(tmp_path / "missing.csv")
-    _, problems = GroupTable.from_params(params).read()
+    _, problems = GroupTable.from_params(params, "data_prep.holdout_groups").read()
     assert len(problems) == 1
     assert where in problems[0][0] and what in problems[0][1], problems
 
@@ -151,12 +151,21 @@ def test_a_tile_in_two_groups_is_named(tmp_path: Path):
 
 
 def test_parameters_refuse_unknown_keys_and_bad_folds():
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['colum'\] in data_prep.holdout_groups"):
-        GroupTable.from_params({"csv": "s.csv", "group_column": "source", "colum": "x"})
-    with pytest.raises(ValueError, match="mapping with csv and group_column"):
-        GroupTable.from_params({"csv": "s.csv"})
-    assert GroupTable.from_params(None) is None and Fold.from_params(None) is None
-    assert Fold.from_params({"k": 5, "index": 4}) == Fold(5, 4)
-    for bad in ({"k": 1, "index": 0}, {"k": 5, "index": 5}, {"k": 5}):
-        with pytest.raises(ValueError, match="k >= 2 and 0 <= index < k"):
-            Fold.from_params(bad)
+    where = "data_prep.holdout_groups"
+    with pytest.raises(ValueError, match=f"key 'colum' in {where}; did you mean 'id_column'\\? valid"):
+        GroupTable.from_params({"csv": "s.csv", "group_column": "source", "colum": "x"}, where)
+    with pytest.raises(ValueError, match=f"unknown key 'sheet' in {where}; valid: csv, group_column, id_"):
+        GroupTable.from_params({"csv": "s.csv", "group_column": "source", "sheet": "x"}, where)
+    with pytest.raises(ValueError, match=f"{where} is missing key\\(s\\) 'group_column'"):
+        GroupTable.from_params({"csv": "s.csv"}, where)
+    table = GroupTable.from_params({"csv": "s.csv", "group_column": "source"}, where)
+    assert table == GroupTable("s.csv", "source", "id", None)  # id_column and pattern may be left out
+    assert Fold.from_params({"k": 5, "index": 4}, "data_prep.fold") == Fold(5, 4)
+    for bad, what in (
+        ({"k": 1, "index": 0}, "k must be at least 2, got 1"),
+        ({"k": 5, "index": 5}, r"index must be in \[0, k\) = \[0, 5\), got 5"),
+        ({"k": 5}, r"is missing key\(s\) 'index'"),
+        ({"k": 5, "index": "2"}, "index must be an integer, got '2'"),
+    ):
+        with pytest.raises(ValueError, match=f"^data_prep.fold.? ?{what}"):
+            Fold.from_params(bad, "data_prep.fold")

@@ -59,7 +59,7 @@ def test_a_class_weight_list_of_the_wrong_length_is_refused_naming_the_classes(t
     with pytest.raises(ValueError, match="null, balanced or a list"):
         resolve_class_weight("inverse", [], ClassTable.naic())
     with pytest.raises(ValueError, match="ohem_thresh"):
-        TrainConfig.from_params({"iterations": 1, "ohem_thresh": 1.5})
+        TrainConfig(iterations=1, ohem_thresh=1.5, work_dir=None)
 
 
 def _logits_and_labels():
@@ -113,22 +113,21 @@ def test_an_encoder_lr_multiplier_of_zero_freezes_the_encoder_and_the_options_tr
     labels = [rng.choice(np.asarray(table.values[:4]), size=(32, 32)) for _ in range(6)]
     labels[0][:4, :4] = table.values[7]
     manifest = _tiles(tmp_path, labels)
-    cfg = TrainConfig.from_params(
-        dict(
-            iterations=3,
-            batch_size=2,
-            lr=0.05,
-            input_size=32,
-            workers=0,
-            eval_interval=1000,
-            log_interval=1,
-            checkpoint_interval=1000,
-            seed=5,
-            encoder_lr_mult=0.0,
-            class_weight="balanced",
-            ohem_thresh=0.7,
-            ohem_min_kept=256,
-        )
+    cfg = TrainConfig(
+        work_dir=None,
+        iterations=3,
+        batch_size=2,
+        lr=0.05,
+        input_size=32,
+        workers=0,
+        eval_interval=1000,
+        log_interval=1,
+        checkpoint_interval=1000,
+        seed=5,
+        encoder_lr_mult=0.0,
+        class_weight="balanced",
+        ohem_thresh=0.7,
+        ohem_min_kept=256,
     )
     torch.manual_seed(cfg.seed)
     initial = build_model(**MODEL).state_dict()
@@ -146,7 +145,7 @@ def test_an_encoder_lr_multiplier_of_zero_freezes_the_encoder_and_the_options_tr
 
 
 def test_the_loss_options_and_encoder_rate_are_part_of_the_resume_fingerprint():
-    base = TrainConfig.from_params({"iterations": 1})
+    base = TrainConfig(iterations=1, work_dir=None)
     for change in ({"encoder_lr_mult": 0.1}, {"class_weight": "balanced"}, {"ohem_thresh": 0.7}):
-        other = TrainConfig.from_params({"iterations": 1, **change})
+        other = TrainConfig(iterations=1, work_dir=None, **change)
         assert other.fingerprint({}, 1, 1) != base.fingerprint({}, 1, 1), change

@@ -73,7 +73,7 @@ def test_training_logs_which_precision_it_chose_and_why(cpu_caps, caplog, monkey
         raise StopAfterRuntime
 
     monkeypatch.setattr(engine, "Stage", stage)
-    cfg = engine.TrainConfig(iterations=1, device="cpu")
+    cfg = engine.TrainConfig(iterations=1, device="cpu", work_dir=None)
     with caplog.at_level(logging.INFO, logger="naic_seg"), pytest.raises(StopAfterRuntime):
         engine.train({}, cfg, [], [], None)
     assert seen["runtime"].amp_dtype is torch.bfloat16

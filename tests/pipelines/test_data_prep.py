@@ -114,7 +114,7 @@ def test_grouped_fold_holdout_through_kedro_is_reported_and_a_table_gap_writes_n
     with pytest.raises(TileValidationError, match=f"{ids[0]}.tif: tile id not in the hold-out group table"):
         kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": options})
     assert not any(path.exists() for path in outputs)
-    with pytest.raises(ValueError, match=r"unknown data_prep parameter\(s\) \['hold_out'\]"):
+    with pytest.raises(ValueError, match="unknown key 'hold_out' in data_prep; did you mean 'holdout'"):
         kedro_runner.run("data_prep", params={"data_root": str(root), "data_prep": {"hold_out": 3}})
 
 

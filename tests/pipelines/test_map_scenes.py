@@ -354,11 +354,11 @@ def test_the_scene_parameters_users_set_reach_the_mapper():
     conf/base) reaches SceneOptions: windows half a window apart."""
     import yaml
 
-    from naic_seg.pipelines.map_scenes.nodes import SCENE_KEYS, _scene_options
+    from naic_seg.pipelines.map_scenes.options import MapScenesOptions
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "base" / "parameters_map_scenes.yml"
     params = yaml.safe_load(conf.read_text())["map_scenes"]
-    assert set(SCENE_KEYS) <= set(params), "every scene key has a documented default"
-    opts = _scene_options({**params, "overlap": 0.5, "nodata_fill": "mean", "bands": [3, 2, 1]}, window=256)
+    changed = {**params, "overlap": 0.5, "nodata_fill": "mean", "bands": [3, 2, 1]}
+    opts = MapScenesOptions.from_params(changed, "map_scenes").scene_options(window=256)
     assert opts.overlap == 0.5 and opts.stride == 128
     assert opts.nodata_fill == "mean" and opts.bands == (3, 2, 1)

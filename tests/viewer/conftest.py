@@ -21,6 +21,7 @@ import pytest
 import rasterio
 import torch
 import torch.nn.functional as F
+import yaml
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
@@ -30,8 +31,10 @@ from naic_seg.core.scenes import SceneOptions, map_scene
 from naic_seg.core.synthetic import CLASS_COLOURS, write_synthetic_scenes
 from naic_seg.datasets.scenes import SceneListing
 from naic_seg.pipelines.map_scenes.nodes import measure_areas, score_maps
+from tests.conftest import PROJECT_ROOT
 
 CLASSES = ClassTable.naic()
+MAP_SCENES = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_map_scenes.yml").read_text())["map_scenes"]
 SIDE, BLOCK_W, BLOCK_H = 256, 64, 128
 NODATA_BLOCK = (192, 256, 192, 256)  # rows, then columns: in class 7's block
 UTM = CRS.from_epsg(32650)
@@ -154,8 +157,9 @@ def viewer_data(tmp_path_factory) -> ViewerData:
     labels = {name: scenes / f"{name}_label.tif" for name in ("blocks", "scene_0")}
     listing = SceneListing(str(scenes), tuple(scenes / f"{name}.tif" for name in labels), labels)
     own = {name: maps / f"{name}.tif" for name in labels}  # "geo" has no entry: the viewer reads its areas
-    areas = measure_areas(listing, own, CLASSES.as_config(), {"output_values": "index"})
-    report, _ = score_maps(listing, own, CLASSES.as_config(), {"output_values": "index"})
+    options = {**MAP_SCENES, "output_values": "index"}  # conf/base's block, as the pipeline passes it
+    areas = measure_areas(listing, own, CLASSES.as_config(), options)
+    report, _ = score_maps(listing, own, CLASSES.as_config(), options)
     write_json(root / "scene_areas.json", areas)
     write_json(root / "scene_scores.json", report)
     return ViewerData(root, maps, scenes, root / "scene_areas.json", root / "scene_scores.json")

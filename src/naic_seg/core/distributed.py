@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from naic_seg.core.labels import ClassTable
+from naic_seg.core.options import Options
 from naic_seg.core.predict import PredictConfig, Predictor
 
 log = logging.getLogger(__name__)
@@ -54,35 +55,23 @@ class ClusterError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ClusterOptions:
-    """Where tasks run and how hard to try; ``address`` None: in-process."""
+class ClusterOptions(Options):
+    """Where tasks run and how hard to try; ``address`` None: in-process (``<pipeline>.distributed``)."""
 
     address: str | None = None
     retries: int = 2
     timeout_s: float = 30.0
     dashboard: bool = False
 
-    def __post_init__(self):
+    def check(self) -> None:
         if self.address is not None and not (
             LOCAL.fullmatch(str(self.address)) or str(self.address).startswith(("tcp://", "tls://"))
         ):
-            raise ValueError(
-                f"distributed.address must be null, local, local:N or tcp://host:port; got {self.address!r}"
-            )
+            raise ValueError(f"address must be null, local, local:N or tcp://host:port; got {self.address!r}")
         if int(self.retries) < 0:
-            raise ValueError(f"distributed.retries must be at least 0, got {self.retries}")
+            raise ValueError(f"retries must be at least 0, got {self.retries}")
         if float(self.timeout_s) <= 0:
-            raise ValueError(f"distributed.timeout_s must be positive, got {self.timeout_s}")
-
-    @classmethod
-    def from_params(cls, params: dict | None, pipeline: str):
-        """The options of ``<pipeline>.distributed``; an unknown key is refused, naming the valid ones."""
-        params = dict(params or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(params) - set(names))
-        if unknown:
-            raise ValueError(f"{pipeline}.distributed: unknown key(s) {unknown}; valid: {', '.join(names)}")
-        return cls(**params)
+            raise ValueError(f"timeout_s must be positive, got {self.timeout_s}")
 
     @property
     def in_process(self) -> bool:
@@ -101,27 +90,29 @@ class ClusterOptions:
 
 @dataclass(frozen=True)
 class MapDistributed(ClusterOptions):
+    """``map_scenes.distributed``."""
+
     # A scene of more megapixels is cut into bands of about that many, each a task; None: never cut.
     split_above_mpx: float | None = 100.0
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         if self.split_above_mpx is not None and float(self.split_above_mpx) <= 0:
-            raise ValueError(
-                f"distributed.split_above_mpx must be positive or null, got {self.split_above_mpx}"
-            )
+            raise ValueError(f"split_above_mpx must be positive or null, got {self.split_above_mpx}")
 
 
 @dataclass(frozen=True)
 class SubmitDistributed(ClusterOptions):
+    """``submit.distributed``."""
+
     chunk_size: int = 512  # tiles per task
     max_in_flight: int = 8  # chunks submitted and not yet written: what bounds the client's memory
 
-    def __post_init__(self):
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         if int(self.chunk_size) < 1 or int(self.max_in_flight) < 1:
             raise ValueError(
-                f"distributed.chunk_size and max_in_flight must be at least 1, got {self.chunk_size} "
+                f"chunk_size and max_in_flight must be at least 1, got {self.chunk_size} "
                 f"and {self.max_in_flight}"
             )
 

@@ -31,36 +31,23 @@ from pathlib import Path
 
 import numpy as np
 
+from naic_seg.core.options import Options
+
 Problem = tuple[str, str]
 
 
-def _refuse_unknown(cls, params: dict, where: str) -> None:
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(params) - names)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where}; valid: {sorted(names)}")
-
-
 @dataclass(frozen=True)
-class GroupTable:
-    """A CSV mapping tile id -> group; ``pattern``'s first capture group, if given, extracts the key."""
+class GroupTable(Options):
+    """``data_prep.holdout_groups``: a CSV mapping tile id -> group; ``pattern``'s first capture group, if
+    given, extracts the key. (``conf/base`` has no table, so it states none of these keys: ``id_column`` and
+    ``pattern`` may be left out.)"""
 
     csv: str
     group_column: str
     id_column: str = "id"
     pattern: str | None = None
 
-    @classmethod
-    def from_params(cls, params: dict | None) -> GroupTable | None:
-        if params is None:
-            return None
-        if not isinstance(params, dict) or "csv" not in params or "group_column" not in params:
-            raise ValueError(
-                "data_prep.holdout_groups must be null or a mapping with csv and group_column "
-                f"(and optionally id_column, pattern), got {params!r}"
-            )
-        _refuse_unknown(cls, params, "data_prep.holdout_groups")
-        return cls(**{k: (None if v is None else str(v)) for k, v in params.items()})
+    optional_keys = ("id_column", "pattern")
 
     def describe(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -115,23 +102,17 @@ class GroupTable:
 
 
 @dataclass(frozen=True)
-class Fold:
-    """Fold ``index`` of ``k`` folds of groups is the hold-out."""
+class Fold(Options):
+    """``data_prep.fold``: fold ``index`` of ``k`` folds of groups is the hold-out."""
 
     k: int
     index: int
 
-    @classmethod
-    def from_params(cls, params: dict | None) -> Fold | None:
-        if params is None:
-            return None
-        if not isinstance(params, dict):
-            raise ValueError(f"data_prep.fold must be null or {{k: K, index: i}}, got {params!r}")
-        _refuse_unknown(cls, params, "data_prep.fold")
-        fold = cls(int(params.get("k", 0)), int(params.get("index", -1)))
-        if fold.k < 2 or not 0 <= fold.index < fold.k:
-            raise ValueError(f"data_prep.fold needs k >= 2 and 0 <= index < k, got {params!r}")
-        return fold
+    def check(self) -> None:
+        if self.k < 2:
+            raise ValueError(f"k must be at least 2, got {self.k}")
+        if not 0 <= self.index < self.k:
+            raise ValueError(f"index must be in [0, k) = [0, {self.k}), got {self.index}")
 
 
 def holdout_target(n: int, holdout: float | int) -> int:

@@ -42,7 +42,7 @@ class PredictConfig:
     input_size: int | None = None  # None: the checkpoint's training size
     mode: str = "auto"  # resize | slide | auto (slide for tiles larger than slide_above)
     slide_above: int = 1024
-    window: int | None = None  # sliding window in tile pixels; None: input_size
+    window: int | None = 256  # sliding window in tile pixels (NAIC tiles are 256); None: input_size
     overlap: float = 0.25
     batch_size: int = 8
     workers: int = 2

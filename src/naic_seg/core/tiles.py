@@ -327,7 +327,7 @@ def prepare(
     label_values: Sequence[int],
     class_names: Sequence[str],
     ignore_values: Sequence[int] = (0,),
-    holdout: float | int = 0.1,
+    holdout: float | int = 0.05,
     seed: int = 1996,
     workers: int | None = None,
     groups: GroupTable | None = None,

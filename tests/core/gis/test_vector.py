@@ -181,7 +181,11 @@ def test_a_minimum_unit_needs_metric_pixels_and_options_refuse_unknown_keys(tmp_
     with pytest.raises(SceneError, match=r"1 scene\(s\) cannot be vectorised:\n  '.*geo\.tif'.*geographic"):
         check_vector_scenes([geo], VectorOptions(min_area_m2=10))
     check_vector_scenes([geo], VectorOptions(min_area_m2=0))  # no unit: pixels are enough
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['min_area'\]"):
-        VectorOptions.from_params({"min_area": 5})
-    assert VectorOptions.from_params(None) is None
-    assert VectorOptions.from_params({"min_area_m2": 25}).min_area_m2 == 25.0
+    typo = "unknown key 'min_area' in map_scenes.vector; did you mean 'min_area_m2'"
+    with pytest.raises(ValueError, match=typo):
+        VectorOptions.from_params({"min_area": 5}, "map_scenes.vector")
+    with pytest.raises(ValueError, match="^map_scenes.vector.min_area_m2 must be a number >= 0, got -1"):
+        VectorOptions.from_params({"min_area_m2": -1}, "map_scenes.vector")
+    with pytest.raises(ValueError, match="unknown key 'block_rows' in map_scenes.vector"):  # Python only
+        VectorOptions.from_params({"min_area_m2": 1, "block_rows": 8}, "map_scenes.vector")
+    assert VectorOptions.from_params({"min_area_m2": 25}, "map_scenes.vector").min_area_m2 == 25

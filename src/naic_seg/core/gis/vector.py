@@ -39,6 +39,7 @@ from rasterio.windows import Window
 
 from naic_seg.core.atomic import atomic_path
 from naic_seg.core.labels import IGNORE_INDEX, ClassTable
+from naic_seg.core.options import Options
 from naic_seg.core.scenes import GDAL_CACHE_MB, SceneError, map_to_index, output_encoding, pixel_area
 
 BLOCK_ROWS = 512
@@ -47,28 +48,21 @@ WRITE_BATCH = 20_000  # polygons per GeoPackage append
 
 
 @dataclass(frozen=True)
-class VectorOptions:
-    """``map_scenes.vector``: ``min_area_m2``, the minimum mapping unit (0: every patch, even one pixel)."""
+class VectorOptions(Options):
+    """``map_scenes.vector``: ``min_area_m2``, the minimum mapping unit (0: every patch, even one pixel).
+    ``block_rows`` and ``max_halo_rows`` are set from Python only (tests, benchmarks)."""
 
     min_area_m2: float = 0.0
     block_rows: int = BLOCK_ROWS
     max_halo_rows: int = MAX_HALO_ROWS
 
-    def __post_init__(self):
+    internal_keys = ("block_rows", "max_halo_rows")
+
+    def check(self) -> None:
         if not self.min_area_m2 >= 0:
-            raise ValueError(f"vector.min_area_m2 must be a number >= 0, got {self.min_area_m2!r}")
+            raise ValueError(f"min_area_m2 must be a number >= 0, got {self.min_area_m2!r}")
         if self.block_rows < 1 or self.max_halo_rows < 0:
             raise ValueError(f"block_rows must be >= 1 and max_halo_rows >= 0, got {self}")
-
-    @classmethod
-    def from_params(cls, params: dict | None) -> VectorOptions | None:
-        """None (vectorising off) for null; unknown keys are refused, naming the valid ones."""
-        if params is None:
-            return None
-        unknown = sorted(set(params) - {"min_area_m2"})
-        if unknown:
-            raise ValueError(f"map_scenes.vector: unknown key(s) {unknown}; the one key is min_area_m2")
-        return cls(min_area_m2=float(params.get("min_area_m2", 0.0)))
 
 
 def min_pixels(min_area_m2: float, crs, transform, name: str) -> int:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from naic_seg.core.augment import check_augment
+from naic_seg.core.options import Options
 from naic_seg.core.runtime import AMP_CHOICES
 from naic_seg.core.training.average import check_ema
 from naic_seg.core.training.loss import check_ohem
 
+AUGMENT_OFF = {"hflip": False, "vflip": False, "photometric": None, "scale": None}
+
 
 @dataclass
-class TrainConfig:
-    """One stage's recipe. Defaults are the reference's; ``auto`` switches follow the runtime policy."""
+class TrainConfig(Options):
+    """One stage's recipe, ``train_stageN.train``. Its defaults (for Python callers) are ``conf/base``'s
+    stage 1 recipe, the reference's, except ``iterations`` and ``work_dir``: each caller states them."""
 
     iterations: int  # 0: no training; the starting model (e.g. stage 1's) is scored and passed on as it is
     batch_size: int = 4  # per device; the reference ran 4 GPUs x 4 images
@@ -24,47 +28,43 @@ class TrainConfig:
     weight_decay: float = 5e-4
     aux_weight: float = 0.4
     encoder_lr_mult: float = 1.0  # the encoder's learning rate as a fraction of lr (head and aux: lr)
-    class_weight: str | list | None = None  # None | balanced | one weight per class (see .loss)
+    class_weight: Literal["balanced"] | list[float] | None = None  # None | balanced | per class (.loss)
     ohem_thresh: float | None = None  # None: plain cross-entropy; else mmsegmentation's OHEM pixel sampling
     ohem_min_kept: int = 100000  # OHEM keeps at least this many pixels of each batch (per process)
     input_size: int | None = 512
-    augment: dict = field(default_factory=dict)  # hflip, vflip, photometric, scale: see core.augment
+    augment: dict = field(default_factory=lambda: dict(AUGMENT_OFF))  # see core.augment
     ema: dict | None = None  # None: no average; {decay: 0.999}: evaluate and save an average of the weights
-    workers: int = 2
+    workers: int = 4
     eval_interval: int = 8000
-    eval_batch_size: int | None = None
+    eval_batch_size: int | None = 8  # None: batch_size
     log_interval: int = 50
-    checkpoint_interval: int = 1000
+    checkpoint_interval: int = 2000
     seed: int = 1996
     device: str = "auto"
-    amp: str = "auto"  # auto | none | bf16 | fp16
-    channels_last: bool | str = "auto"
-    cudnn_benchmark: bool | str = "auto"
+    amp: Literal[AMP_CHOICES] = "auto"  # auto | none | bf16 | fp16
+    channels_last: bool | Literal["auto"] = "auto"
+    cudnn_benchmark: bool | Literal["auto"] = "auto"
     compile: bool = False
-    work_dir: str | None = None
+    work_dir: str | None = field(kw_only=True)  # periodic resume checkpoints; None: none
     resume: bool = True
     grid_tiles: int = 8
 
-    @classmethod
-    def from_params(cls, params: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown training parameter(s) {unknown}; valid: {sorted(names)}")
-        cfg = cls(**params)
-        if cfg.amp not in AMP_CHOICES:
-            raise ValueError(f"amp must be one of auto, none, bf16, fp16; got {cfg.amp!r}")
-        if cfg.iterations < 0 or cfg.batch_size < 1:
+    def check(self) -> None:
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"amp must be one of auto, none, bf16, fp16; got {self.amp!r}")
+        if self.iterations < 0 or self.batch_size < 1:
             raise ValueError(
                 "iterations must be >= 0 (0: no training, the starting model is scored and passed on) "
                 "and batch_size positive"
             )
-        if cfg.encoder_lr_mult < 0:
-            raise ValueError(f"encoder_lr_mult must be >= 0, got {cfg.encoder_lr_mult}")
-        check_ohem(cfg.ohem_thresh, cfg.ohem_min_kept)
-        check_augment(cfg.augment)
-        check_ema(cfg.ema)
-        return cfg
+        if self.encoder_lr_mult < 0:
+            raise ValueError(f"encoder_lr_mult must be >= 0, got {self.encoder_lr_mult}")
+        for key in ("eval_interval", "log_interval", "checkpoint_interval"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)}")
+        check_ohem(self.ohem_thresh, self.ohem_min_kept)
+        check_augment(self.augment)
+        check_ema(self.ema)
 
     def fingerprint(self, model_config: dict, n_train: int, world_size: int) -> dict:
         """What must match for a resume to continue the same run."""

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
-from naic_seg.core.holdout import Fold, GroupTable
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.tiles import TileListing, prepare
+from naic_seg.pipelines.data_prep.options import DataPrepOptions
 from naic_seg.tracking import log_metrics, log_params
 
-OPTIONS = ("holdout", "seed", "workers", "holdout_groups", "fold")
 # MLflow keeps a parameter value to 6000 characters; the report artifact lists every group.
 MLFLOW_PARAM_LIMIT = 6000
 
@@ -19,9 +18,7 @@ def prepare_manifests(
     options: dict,
 ) -> tuple[list[dict], list[dict], list[dict], dict]:
     """Validate every raw tile, then split the seeded hold-out; raises before anything is written."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown data_prep parameter(s) {unknown}; valid: {sorted(OPTIONS)}")
+    opts = DataPrepOptions.from_params(options, "data_prep")
     table = ClassTable.from_config(classes)
     prepared = prepare(
         train_images,
@@ -30,11 +27,11 @@ def prepare_manifests(
         label_values=table.values,
         class_names=table.names,
         ignore_values=ignore_values,
-        holdout=options.get("holdout", 0.05),
-        seed=options.get("seed", 1996),
-        workers=options.get("workers"),
-        groups=GroupTable.from_params(options.get("holdout_groups")),
-        fold=Fold.from_params(options.get("fold")),
+        holdout=opts.holdout,
+        seed=opts.seed,
+        workers=opts.workers,
+        groups=opts.holdout_groups,
+        fold=opts.fold,
     )
     log_holdout(prepared.report)
     return prepared.train_manifest, prepared.val_manifest, prepared.test_manifest, prepared.report

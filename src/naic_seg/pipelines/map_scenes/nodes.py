@@ -14,15 +14,15 @@ import numpy as np
 
 from naic_seg.core.atomic import move_into_place
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
-from naic_seg.core.distributed import MapDistributed, ModelSpec, client_predictor
+from naic_seg.core.distributed import ModelSpec, client_predictor
 from naic_seg.core.distributed_map import DistributedSceneMapper
 from naic_seg.core.gis.area_estimate import adjusted_areas
 from naic_seg.core.gis.stac import Provenance, SceneProducts, run_collection, scene_item
 from naic_seg.core.gis.style import write_category_names, write_confidence_style, write_qgis_style
-from naic_seg.core.gis.vector import VectorOptions, check_vector_scenes, vectorise_map
+from naic_seg.core.gis.vector import check_vector_scenes, vectorise_map
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import scores
-from naic_seg.core.predict import PredictConfig, Predictor
+from naic_seg.core.predict import Predictor
 from naic_seg.core.scenes import (
     SceneOptions,
     area_table,
@@ -33,24 +33,14 @@ from naic_seg.core.scenes import (
     score_map,
 )
 from naic_seg.datasets.scenes import SceneListing
+from naic_seg.pipelines.map_scenes.options import MapScenesOptions
 from naic_seg.tracking import active_run_id, log_params, registered_versions
 
 log = logging.getLogger(__name__)
 
-PREDICT_KEYS = ("tta", "tta_scales", "input_size", "batch_size", "device", "amp", "channels_last", "engine")
-SCENE_KEYS = ("overlap", "batch_size", "bands", "scaling", "output_values", "nodata_fill")
 
-
-def _scene_options(options: dict, window: int | None = None, fill_colour=None) -> SceneOptions:
-    chosen = {k: options[k] for k in SCENE_KEYS if k in options}
-    return SceneOptions(window=window, fill_colour=fill_colour, **chosen)
-
-
-def _confidence_on(options: dict) -> bool:
-    value = options.get("confidence", False)
-    if not isinstance(value, bool):
-        raise ValueError(f"map_scenes.confidence must be true or false, got {value!r}")
-    return value
+def _options(options: dict) -> MapScenesOptions:
+    return MapScenesOptions.from_params(options, "map_scenes")
 
 
 def map_scenes(
@@ -65,41 +55,35 @@ def map_scenes(
     with ``distributed.address`` set, by tasks on a Dask cluster (the client joins bands of big scenes).
     With ``confidence`` on (in-process only) each map's confidence COG is made with it, then moved into
     ``scene_confidence`` when that saves. Also returns what the model was (``scene_map_model``)."""
-    confidence = _confidence_on(options)
-    vector = VectorOptions.from_params(options.get("vector"))
-    distributed = MapDistributed.from_params(options.get("distributed"), "map_scenes")
-    if confidence and not distributed.in_process:
-        raise ValueError(
-            "map_scenes.confidence is made in-process only: the band tasks of a Dask cluster write no "
-            "confidence yet; set map_scenes.distributed.address=null or map_scenes.confidence=false"
-        )
+    opts = _options(options)
+    confidence, vector, distributed = opts.confidence, opts.vector, opts.distributed
     if not scenes.scenes:
         log.info("No scenes in '%s': nothing to map", scenes.folder)
         return [], [], {"checkpoints": []}
-    infos = check_scenes(scenes.scenes, _scene_options(options))
+    infos = check_scenes(scenes.scenes, opts.scene_options())
     if vector is not None:
         check_vector_scenes(scenes.scenes, vector)
     table = ClassTable.from_config(classes)
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
-    checkpoints = select_checkpoints(options.get("checkpoints", ["stage2"]), available)
-    cfg = PredictConfig(**{k: options[k] for k in PREDICT_KEYS if k in options})
+    checkpoints = select_checkpoints(opts.checkpoints, available)
+    cfg = opts.predict_config()
     if distributed.in_process:
         predictor = Predictor.from_checkpoints(checkpoints, cfg, table)
         log_params({"map_scenes.engine_used": predictor.engine.describe()[:500]})
     else:  # the workers build their own (the first result logs its engine); this one checks and measures
         predictor = client_predictor(checkpoints, cfg, table)
         log_params({"map_scenes.distributed.address": distributed.address})
-    opts = fit_to_model(_scene_options(options, options.get("window")), predictor)
-    window = opts.window
+    scene_opts = fit_to_model(opts.scene_options(opts.window), predictor)
+    window = scene_opts.window
     log.info(
         "Mapping %d scene(s) in %d px windows (model input %s px)", len(infos), window, predictor.input_size
     )
     model = {"checkpoints": [_describe(c) for c in checkpoints], "window": window}
     if not distributed.in_process:
         spec = ModelSpec.of(checkpoints, cfg, table)
-        maps = DistributedSceneMapper(infos, spec, opts, distributed).pairs()
+        maps = DistributedSceneMapper(infos, spec, scene_opts, distributed).pairs()
         return maps, [(info.name, None) for info in infos], model
-    return (*_in_process_maps(infos, predictor, table, opts, confidence), model)
+    return (*_in_process_maps(infos, predictor, table, scene_opts, confidence), model)
 
 
 def _in_process_maps(infos, predictor: Predictor, table: ClassTable, opts: SceneOptions, confidence: bool):
@@ -165,13 +149,15 @@ def _maps(scenes: SceneListing, scene_maps: dict[str, Path]) -> dict[str, tuple[
 
 def measure_areas(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> dict:
     """Pixels, hectares and share of each class, per scene (read back from the maps by blocks)."""
-    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    values = _options(options).output_values
+    table = ClassTable.from_config(classes)
     return {name: area_table(m, table, values) for name, (_, m) in _maps(scenes, scene_maps).items()}
 
 
 def draw_quicklooks(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> list:
     """``(scene, write)`` pairs: each quick-look is drawn when ``scene_quicklooks`` saves it."""
-    table, opts = ClassTable.from_config(classes), _scene_options(options)
+    opts = _options(options).scene_options()
+    table = ClassTable.from_config(classes)
     return [
         (name, partial(quicklook, s, m, classes=table, options=opts))
         for name, (s, m) in _maps(scenes, scene_maps).items()
@@ -182,7 +168,8 @@ def score_maps(
     scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict
 ) -> tuple[dict, dict]:
     """Scores of every map with a label beside its scene, and over all of them (one confusion matrix)."""
-    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    values = _options(options).output_values
+    table = ClassTable.from_config(classes)
     per_scene = {
         name: score_map(m, scenes.labels[name], table, values)
         for name, (_, m) in _maps(scenes, scene_maps).items()
@@ -205,18 +192,20 @@ def score_maps(
 
 def style_maps(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> tuple:
     """``(scene, write)`` pairs of the QGIS styles, GDAL category names and confidence styles (None: off)."""
-    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    opts = _options(options)
+    table, values = ClassTable.from_config(classes), opts.output_values
     names = list(_maps(scenes, scene_maps))
     styles = [(n, partial(write_qgis_style, classes=table, output_values=values)) for n in names]
     categories = [(n, partial(write_category_names, classes=table, output_values=values)) for n in names]
-    ramp = partial(write_confidence_style, num_classes=table.num_classes) if _confidence_on(options) else None
+    ramp = partial(write_confidence_style, num_classes=table.num_classes) if opts.confidence else None
     return styles, categories, [(n, ramp) for n in names]
 
 
 def vectorise_maps(scenes: SceneListing, scene_maps: dict, classes: list[dict], options: dict) -> list:
     """``(scene, write)`` pairs of each map's polygons (GeoPackage), or of None when ``vector`` is off."""
-    vector = VectorOptions.from_params(options.get("vector"))
-    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    opts = _options(options)
+    vector, values = opts.vector, opts.output_values
+    table = ClassTable.from_config(classes)
 
     def polygons(map_path: Path):
         if vector is None:
@@ -264,8 +253,9 @@ def catalog_scenes(
     **products: dict,
 ):
     """A STAC Item per mapped scene (assets: every product file present for it) and the run's Collection."""
+    values = _options(options).output_values
     maps = _maps(scenes, scene_maps)
-    table, values = ClassTable.from_config(classes), options.get("output_values", "index")
+    table = ClassTable.from_config(classes)
     model_runs = sorted(
         {c["mlflow_run_id"] for c in scene_map_model["checkpoints"] if c.get("mlflow_run_id")}
     )

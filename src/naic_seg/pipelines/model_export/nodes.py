@@ -8,18 +8,20 @@ import mlflow
 
 from naic_seg.core.checkpoint import CheckpointFile, open_checkpoint
 from naic_seg.mlflow_model import log_model, tag_registered_version
+from naic_seg.pipelines.model_export.options import ModelExportOptions
 
 log = logging.getLogger(__name__)
 
 
 def log_mlflow_model(stage2_checkpoint: CheckpointFile, stage2_metrics: dict, options: dict) -> dict:
     """Log stage 2's checkpoint as the run's MLflow model ``model``; register it when switched on."""
-    if not options.get("log_model", True) or mlflow.active_run() is None:
+    opts = ModelExportOptions.from_params(options, "model_export")
+    if not opts.log_model or mlflow.active_run() is None:
         log.info("No MLflow model logged (log_model is off or there is no active MLflow run)")
         return {"logged": False}
     scores = {f"val_{k}": stage2_metrics["final"][k] for k in ("mIoU", "FWIoU")}
-    name = options.get("registered_model_name") if options.get("register", True) else None
-    info = log_model([open_checkpoint(stage2_checkpoint)], scores, options, name)
+    name = opts.registered_model_name if opts.register else None
+    info = log_model([open_checkpoint(stage2_checkpoint)], scores, opts.model_options(), name)
     version = info.registered_model_version
     if version is not None:
         description = f"naic-seg stage 2, run {mlflow.active_run().info.run_id}: hold-out " + ", ".join(

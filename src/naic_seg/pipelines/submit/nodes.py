@@ -6,10 +6,10 @@ import logging
 
 from naic_seg.core.checkpoint import CheckpointFile, select_checkpoints
 from naic_seg.core.data import check_manifest_files
-from naic_seg.core.distributed import ModelSpec, SubmitDistributed, client_predictor
+from naic_seg.core.distributed import ModelSpec, client_predictor
 from naic_seg.core.distributed_submit import distributed_records
 from naic_seg.core.labels import ClassTable
-from naic_seg.core.predict import PredictConfig, Predictor, predict_tiles
+from naic_seg.core.predict import Predictor, predict_tiles
 from naic_seg.core.submission import (
     LABEL_SUFFIXES,
     expected_entries,
@@ -20,6 +20,7 @@ from naic_seg.core.submission import (
 )
 from naic_seg.core.tiles import TileListing
 from naic_seg.datasets.submission import Submission, SubmissionZip
+from naic_seg.pipelines.submit.options import SubmitOptions
 from naic_seg.tracking import log_params
 
 log = logging.getLogger(__name__)
@@ -33,15 +34,15 @@ def predict_test_tiles(
     options: dict,
 ):
     """A lazy stream of PNG records; the pickle dataset writes it record by record. Only the checkpoints
-    ``options["checkpoints"]`` names are read (``stage1``, ``stage2`` or file paths: an ensemble)."""
-    options = dict(options)
-    distributed = SubmitDistributed.from_params(options.pop("distributed", None), "submit")
+    ``options.checkpoints`` names are read (``stage1``, ``stage2`` or file paths: an ensemble)."""
+    opts = SubmitOptions.from_params(options, "submit")
+    distributed, cfg = opts.distributed, opts.predict_config()
     available = {"stage1": stage1_checkpoint, "stage2": stage2_checkpoint}
-    checkpoints = select_checkpoints(options.pop("checkpoints", ["stage2"]), available)
+    checkpoints = select_checkpoints(opts.checkpoints, available)
     sources = ", ".join(str(c.get("source", c.get("stage"))) for c in checkpoints)
     log.info("Predicting %d test tiles with %s", len(test_manifest), sources)
     check_manifest_files(test_manifest)
-    table, cfg = ClassTable.from_config(classes), PredictConfig(**options)
+    table = ClassTable.from_config(classes)
     if not distributed.in_process:  # checked here, predicted by chunks on the cluster's workers
         client_predictor(checkpoints, cfg, table)
         log_params({"submit.distributed.address": distributed.address, "submit.engine_asked": cfg.engine})

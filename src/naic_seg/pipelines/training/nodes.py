@@ -10,7 +10,6 @@ from naic_seg.core.checkpoint import open_checkpoint, save_checkpoint
 from naic_seg.core.figures import confusion_figure, prediction_grid
 from naic_seg.core.labels import ClassTable
 from naic_seg.core.training import (
-    TrainConfig,
     check_stage_inputs,
     devices,
     launch,
@@ -19,6 +18,7 @@ from naic_seg.core.training import (
     stage_report,
     stage_scores,
 )
+from naic_seg.pipelines.training.options import stage_options
 from naic_seg.tracking import active_run_id, active_run_logger, log_artifact_file, log_params
 
 
@@ -27,19 +27,19 @@ def train_stage(
     val_manifest: list[dict],
     init_checkpoint,  # a CheckpointFile (stage 2), a checkpoint path or null (stage 1): open_checkpoint
     classes: list[dict],
-    name: str,
-    model: dict,
-    train: dict,
-    distributed: dict,
+    options: dict,
+    stage: int,
 ) -> tuple[dict, dict, list[dict], dict]:
     """Train one stage; returns its checkpoint, its report, a few validation tiles and its final scores."""
-    table, config = ClassTable.from_config(classes), TrainConfig.from_params(train)
+    opts = stage_options(options, stage)
+    name, config, distributed = opts.name, opts.train, opts.distributed
+    table = ClassTable.from_config(classes)
     init = open_checkpoint(init_checkpoint)
-    model_config = resolve_model_config(model, init, table)
+    model_config = resolve_model_config(opts.model_params(), init, table)
     check_stage_inputs(train_manifest, val_manifest, config)
     log_params({f"{name}.resolved_model.{k}": v for k, v in model_config.items()})
     result = launch(
-        devices(distributed.get("nproc", 1)),
+        devices(distributed.nproc),
         model_config,
         config,
         train_manifest,
@@ -47,9 +47,9 @@ def train_stage(
         table,
         init_state=None if init is None else init["state_dict"],
         log_fn=active_run_logger(name),
-        nnodes=int(distributed.get("nnodes", 1)),
-        rdzv_endpoint=distributed.get("rdzv_endpoint"),
-        run_id=distributed.get("run_id"),
+        nnodes=distributed.nnodes,
+        rdzv_endpoint=distributed.rdzv_endpoint,
+        run_id=distributed.run_id,
     )
     if result is None:
         raise RuntimeError(f"{name}: this machine held no rank-0 worker; node rank 0 writes the checkpoint")
@@ -71,9 +71,9 @@ def plot_validation_grid(tiles: list[dict], classes: list[dict]):
     return prediction_grid(tiles, ClassTable.from_config(classes).names)
 
 
-def log_checkpoint(checkpoint: dict, enabled: bool) -> None:
-    """Copy the stage's checkpoint into the MLflow run as an artifact when the switch is on."""
-    if not enabled:
+def log_checkpoint(checkpoint: dict, options: dict, stage: int) -> None:
+    """Copy the stage's checkpoint into the MLflow run as an artifact when ``log_checkpoint`` is on."""
+    if not stage_options(options, stage).log_checkpoint:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{checkpoint.get('stage') or 'model'}.pt"

@@ -1,3 +1,5 @@
+from functools import partial
+
 from kedro.pipeline import Pipeline, node
 
 from naic_seg.pipelines.training.nodes import (
@@ -10,21 +12,19 @@ from naic_seg.pipelines.training.nodes import (
 SHARED = {"train_manifest": "train_manifest", "val_manifest": "val_manifest"}
 
 
-def template() -> Pipeline:
-    """One stage: inputs ``init_checkpoint`` (a checkpoint, a path or null) and the manifests."""
+def template(stage: int) -> Pipeline:
+    """One stage: inputs ``init_checkpoint`` (a checkpoint, a path or null), the manifests and ``options``,
+    the stage's whole parameter block (each node parses it: see ``pipelines.training.options``)."""
     return Pipeline(
         [
             node(
-                train_stage,
+                partial(train_stage, stage=stage),
                 inputs={
                     "train_manifest": "train_manifest",
                     "val_manifest": "val_manifest",
                     "init_checkpoint": "init_checkpoint",
                     "classes": "params:classes",
-                    "name": "params:name",
-                    "model": "params:model",
-                    "train": "params:train",
-                    "distributed": "params:distributed",
+                    "options": "params:options",
                 },
                 outputs=["checkpoint", "metrics", "validation_tiles", "scores"],
                 name="train",
@@ -38,7 +38,12 @@ def template() -> Pipeline:
                 "validation_grid_plot",
                 name="plot_validation_grid",
             ),
-            node(log_checkpoint, ["checkpoint", "params:log_checkpoint"], None, name="log_checkpoint"),
+            node(
+                partial(log_checkpoint, stage=stage),
+                ["checkpoint", "params:options"],
+                None,
+                name="log_checkpoint",
+            ),
         ]
     )
 
@@ -49,9 +54,9 @@ def create_pipeline(stage: int) -> Pipeline:
     namespace = f"train_stage{stage}"
     init = f"params:{namespace}.init_checkpoint" if stage == 1 else f"stage{stage - 1}_checkpoint"
     return Pipeline(
-        template(),
+        template(stage),
         namespace=namespace,
         inputs={**SHARED, "init_checkpoint": init},
-        parameters={"params:classes": "params:classes"},
+        parameters={"params:classes": "params:classes", "params:options": f"params:{namespace}"},
         outputs={"checkpoint": f"stage{stage}_checkpoint", "metrics": f"stage{stage}_metrics"},
     )
