@@ -51,10 +51,10 @@ class TrainDistributed(Options):
 
 
 @dataclass(frozen=True)
-class Stage1Options(Options):
+class _StageOptions(Options):
+    """What every stage's block holds; ``model`` is typed by each stage."""
+
     name: str  # metric prefix in MLflow
-    init_checkpoint: str | None  # None: start from model.pretrained; or a naic-seg checkpoint file
-    model: Stage1Model
     train: TrainConfig
     distributed: TrainDistributed
     log_checkpoint: bool
@@ -64,15 +64,14 @@ class Stage1Options(Options):
 
 
 @dataclass(frozen=True)
-class LaterStageOptions(Options):
-    name: str
-    model: LaterStageModel
-    train: TrainConfig
-    distributed: TrainDistributed
-    log_checkpoint: bool
+class Stage1Options(_StageOptions):
+    init_checkpoint: str | None  # None: start from model.pretrained; or a naic-seg checkpoint file
+    model: Stage1Model
 
-    def model_params(self) -> dict:
-        return dataclasses.asdict(self.model)
+
+@dataclass(frozen=True)
+class LaterStageOptions(_StageOptions):
+    model: LaterStageModel
 
 
 def stage_options(params, stage: int) -> Stage1Options | LaterStageOptions:
