@@ -321,19 +321,44 @@ def run_folds(name: str, budget: str, rs8: Path, work: Path, timeout: float, k: 
     return summary
 
 
-def folds_table(records: list[dict]) -> str:
-    """The table of ``--folds`` summaries: mean +- sd of the hold-out mIoU over the folds, each fold's."""
+def paired_difference(record: dict, base: dict | None) -> dict | None:
+    """Fold by fold, ``record`` minus ``base`` (the same folds of the same groups): mean and sample sd over
+    the folds both scored. The folds differ by scene far more than two rows on one fold do, so this is the
+    figure a choice rests on; None without a base of the same budget and K."""
+    if base is None or base is record or (base["budget"], base["k"]) != (record["budget"], record["k"]):
+        return None
+    pairs = zip(record["holdout_mIoU"]["per_fold"], base["holdout_mIoU"]["per_fold"], strict=True)
+    diffs = [a - b for a, b in pairs if a is not None and b is not None]
+    if not diffs:
+        return None
+    return {
+        "mean": round(statistics.fmean(diffs), 4),
+        "sd": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
+        "folds": len(diffs),
+    }
+
+
+def folds_table(records: list[dict], base: str = "recipe") -> str:
+    """The table of ``--folds`` summaries: mean +- sd of the hold-out mIoU over the folds, each fold's, and
+    the paired difference from the ``base`` row of the same budget and K (where there is one)."""
     rows = [
-        "| configuration | budget | folds | hold-out mIoU (mean ± sd) | per fold | training s (all folds) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| configuration | budget | folds | hold-out mIoU (mean ± sd) | per fold "
+        f"| minus {base}, paired (mean ± sd) | training s (all folds) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    bases = {(r["budget"], r["k"]): r for r in records if r["config"] == base}
     for r in records:
         m = r["holdout_mIoU"]
         mean = "-" if m["mean"] is None else f"{m['mean']:.3f}"
         sd = "-" if m["sd"] is None else f"{m['sd']:.3f}"
         per = " / ".join("-" if s is None else f"{s:.3f}" for s in m["per_fold"])
+        d = paired_difference(r, bases.get((r["budget"], r["k"])))
+        diff = "-" if d is None else f"{d['mean']:+.3f} ± " + ("-" if d["sd"] is None else f"{d['sd']:.3f}")
+        if d is not None and d["folds"] < r["k"]:
+            diff += f" ({d['folds']} folds)"
         rows.append(
-            f"| {r['config']} | {r['budget']} | {r['k']} | {mean} ± {sd} | {per} | {r['train_seconds']:.0f} |"
+            f"| {r['config']} | {r['budget']} | {r['k']} | {mean} ± {sd} | {per} | {diff} "
+            f"| {r['train_seconds']:.0f} |"
         )
     return "\n".join(rows)
 

@@ -264,4 +264,17 @@ def test_rs8_sweep_folds_runs_each_fold_holdout_only_and_reports_mean_and_sd(tmp
     assert summary["holdout_mIoU"] == {"mean": 0.6, "sd": 0.1, "per_fold": [0.5, 0.6, 0.7]}
     assert summary["commands"] == [f"kedro run fold {i}" for i in range(3)] and summary["k"] == 3
     table = rs8_sweep.markdown_table([summary]).splitlines()
-    assert table[2] == "| lite0-192 | full | 3 | 0.600 ± 0.100 | 0.500 / 0.600 / 0.700 | 30 |"
+    assert table[2] == "| lite0-192 | full | 3 | 0.600 ± 0.100 | 0.500 / 0.600 / 0.700 | - | 30 |"
+    # beside the recipe on the same folds: the paired difference, fold by fold
+    base = {
+        **summary,
+        "config": "recipe",
+        "holdout_mIoU": {"mean": 0.55, "sd": 0.1, "per_fold": [0.48, 0.55, 0.62]},
+    }
+    table = rs8_sweep.markdown_table([base, summary]).splitlines()
+    assert table[2].endswith("| 0.480 / 0.550 / 0.620 | - | 30 |")
+    assert (
+        table[3] == "| lite0-192 | full | 3 | 0.600 ± 0.100 | 0.500 / 0.600 / 0.700 | +0.050 ± 0.030 | 30 |"
+    )
+    other_k = {**base, "k": 5}
+    assert rs8_sweep.paired_difference(summary, other_k) is None
