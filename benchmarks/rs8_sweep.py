@@ -327,6 +327,8 @@ def paired_difference(record: dict, base: dict | None) -> dict | None:
     figure a choice rests on; None without a base of the same budget and K."""
     if base is None or base is record or (base["budget"], base["k"]) != (record["budget"], record["k"]):
         return None
+    if _split_keys(record) != _split_keys(base):  # another hold-out (random tiles, another seed): not paired
+        return None
     pairs = zip(record["holdout_mIoU"]["per_fold"], base["holdout_mIoU"]["per_fold"], strict=True)
     diffs = [a - b for a, b in pairs if a is not None and b is not None]
     if not diffs:
@@ -336,6 +338,12 @@ def paired_difference(record: dict, base: dict | None) -> dict | None:
         "sd": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
         "folds": len(diffs),
     }
+
+
+def _split_keys(record: dict) -> dict:
+    """The data_prep overrides of a fold summary's first run: what makes its folds the folds they are."""
+    runs = record.get("folds") or [{}]
+    return {k: v for k, v in runs[0].get("overrides", {}).items() if k.split(".")[0] == "data_prep"}
 
 
 def folds_table(records: list[dict], base: str = "recipe") -> str:
@@ -419,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--table", type=Path, default=None, help="print the markdown table of the JSONs in DIR")
     args = ap.parse_args(argv)
     if args.table:
-        records = [json.loads(p.read_text()) for p in sorted(args.table.glob("*.json"))]
+        records = []
+        for path in sorted(args.table.glob("*.json")):
+            doc = json.loads(path.read_text())  # one --out record, or a whole stdout document
+            records.extend(doc["results"] if "results" in doc else [doc])
         print(markdown_table(records))
         return 0
     if args.list:

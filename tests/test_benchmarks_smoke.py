@@ -278,3 +278,5 @@ def test_rs8_sweep_folds_runs_each_fold_holdout_only_and_reports_mean_and_sd(tmp
     )
     other_k = {**base, "k": 5}
     assert rs8_sweep.paired_difference(summary, other_k) is None
+    random_tiles = {**summary, "folds": [{"overrides": {"data_prep.holdout_groups": None}}]}
+    assert rs8_sweep.paired_difference(random_tiles, base) is None  # other folds: nothing to pair
