@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         records = []
         for path in sorted(args.table.glob("*.json")):
             doc = json.loads(path.read_text())  # one --out record, or a whole stdout document
-            records.extend(doc["results"] if "results" in doc else [doc])
+            records.extend(doc.get("results", [doc]))
         print(markdown_table(records))
         return 0
     if args.list:
