@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from benchmarks._common import cpu_model, loadavg
 from naic_seg.core.checkpoint import load_checkpoint
@@ -56,11 +55,6 @@ def newest_checkpoint(project: Path, stage: str) -> Path:
     if not versions:
         raise FileNotFoundError(f"no version of {root}")
     return versions[-1]
-
-
-def project_classes(project: Path) -> ClassTable:
-    params = yaml.safe_load((project / "conf" / "base" / "parameters.yml").read_text())
-    return ClassTable.from_config(params.get("classes"))
 
 
 def score_mode(manifest: list[dict], checkpoint: dict, cfg: PredictConfig, classes: ClassTable) -> dict:
@@ -107,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads((project / MANIFEST).read_text())
         ckpt_path = newest_checkpoint(project, args.stage)
         checkpoint = load_checkpoint(ckpt_path)
-        classes = project_classes(project)
+        classes = ClassTable.from_config(checkpoint["classes"])  # the table it was trained on
         modes = {}
         for tta in args.tta:
             cfg = PredictConfig(

@@ -14,6 +14,7 @@ import torch
 from benchmarks import holdout_tta
 from naic_seg.core.checkpoint import load_checkpoint
 from naic_seg.core.data import read_label
+from naic_seg.core.labels import ClassTable
 from naic_seg.core.metrics import confusion_matrix, scores
 from naic_seg.core.predict import PredictConfig, predict_manifest
 
@@ -35,7 +36,7 @@ def test_scores_each_mode_on_the_holdout_with_the_newest_checkpoint(demo_run, tm
     manifest = json.loads((project / holdout_tta.MANIFEST).read_text())
     ckpt_path = holdout_tta.newest_checkpoint(project, "stage2")
     assert doc["projects"][0]["checkpoint"] == str(ckpt_path)
-    classes = holdout_tta.project_classes(project)
+    classes = ClassTable.from_config(load_checkpoint(ckpt_path)["classes"])
     cm = torch.zeros(classes.num_classes, classes.num_classes, dtype=torch.int64)
     labels = {Path(e["filename"]).stem: e["ann"]["seg_map"] for e in manifest}
     cfg = PredictConfig(tta="none", engine="torch", batch_size=16, workers=0)
