@@ -12,6 +12,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -36,6 +37,16 @@ def loadavg() -> list[float] | None:
     with contextlib.suppress(OSError, AttributeError):
         return [round(x, 2) for x in os.getloadavg()]
     return None
+
+
+def mean_sd(values: list[float], digits: int = 4) -> dict:
+    """Mean and sample sd of ``values``, rounded (sd None for fewer than two; both None for none): the
+    summary every fold and paired figure of the benchmarks prints."""
+    values = list(values)
+    return {
+        "mean": round(statistics.fmean(values), digits) if values else None,
+        "sd": round(statistics.stdev(values), digits) if len(values) > 1 else None,
+    }
 
 
 def status_kb(field: str) -> int | None:

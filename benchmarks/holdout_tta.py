@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks._common import cpu_model, loadavg
+from benchmarks._common import cpu_model, loadavg, mean_sd
 from naic_seg.core.checkpoint import load_checkpoint
 from naic_seg.core.data import read_label
 from naic_seg.core.labels import ClassTable
@@ -72,10 +71,6 @@ def score_mode(manifest: list[dict], checkpoint: dict, cfg: PredictConfig, class
 
 
 def summarise(projects: list[dict], modes: list[str]) -> dict:
-    def mean_sd(values: list[float]) -> dict:
-        sd = statistics.stdev(values) if len(values) > 1 else None
-        return {"mean": round(statistics.mean(values), 4), "sd": None if sd is None else round(sd, 4)}
-
     base = modes[0]
     out = {}
     for mode in modes:

@@ -37,14 +37,13 @@ import os
 import platform
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import KEDRO_WRAPPER, add_rs8_argument, cpu_model, make_project, run_sampled
+from benchmarks._common import KEDRO_WRAPPER, add_rs8_argument, cpu_model, make_project, mean_sd, run_sampled
 from benchmarks._experiments import load_sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -300,11 +299,7 @@ def fold_summary(name: str, budget: str, folds: list[dict]) -> dict:
         "budget": budget,
         "k": len(folds),
         "returncode": next((r["returncode"] for r in folds if r["returncode"] != 0), 0),
-        "holdout_mIoU": {
-            "mean": round(statistics.fmean(done), 4) if done else None,
-            "sd": round(statistics.stdev(done), 4) if len(done) > 1 else None,
-            "per_fold": scores,
-        },
+        "holdout_mIoU": {**mean_sd(done), "per_fold": scores},
         "train_seconds": round(sum(r["train_seconds"] for r in folds), 1),
         "wall_seconds": round(sum(r["wall_seconds"] for r in folds), 1),
         "commands": [r["command"] for r in folds],
@@ -333,11 +328,7 @@ def paired_difference(record: dict, base: dict | None) -> dict | None:
     diffs = [a - b for a, b in pairs if a is not None and b is not None]
     if not diffs:
         return None
-    return {
-        "mean": round(statistics.fmean(diffs), 4),
-        "sd": round(statistics.stdev(diffs), 4) if len(diffs) > 1 else None,
-        "folds": len(diffs),
-    }
+    return {**mean_sd(diffs), "folds": len(diffs)}
 
 
 def _split_keys(record: dict) -> dict:
