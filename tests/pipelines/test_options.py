@@ -266,6 +266,7 @@ def test_every_conf_environment_parses(env):
         assert isinstance(groups, GroupTable) and groups.pattern == "^([^@]+)"
         assert parsed["train_stage1"].train.augment["hflip"] is True
         assert parsed["train_stage2"].model.output_stride == 16
+        assert parsed["submit"].tta == "flip"  # chosen on the grouped folds (docs/holdout.md)
     if env == "demo":
         assert parsed["data_prep"].holdout == 8
         assert parsed["map_scenes"].vector.min_area_m2 == 25 and parsed["map_scenes"].confidence
