@@ -65,7 +65,8 @@ def cpu_seconds() -> float:
 
 
 def cpu_model() -> str:
-    """The CPU's model name and whether PyTorch runs bf16 natively on it (figures depend on both)."""
+    """The CPU's model name and its bf16 units as PyTorch sees them (figures depend on both):
+    "AMX + AVX-512-BF16" (the Xeon), "AVX-512-BF16" (an EPYC with it) or "no native bf16" (emulated: AVX2)."""
     name = "unknown CPU"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -75,8 +76,11 @@ def cpu_model() -> str:
     with contextlib.suppress(ImportError, AttributeError):
         import torch
 
-        fast = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-        name += ", native bf16" if fast else ", no native bf16"
+        amx, avx512_bf16 = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
+        if amx:
+            name += ", AMX + AVX-512-BF16, native bf16" if avx512_bf16 else ", AMX, native bf16"
+        else:
+            name += ", AVX-512-BF16, native bf16" if avx512_bf16 else ", no native bf16"
     return name
 
 

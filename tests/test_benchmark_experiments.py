@@ -147,3 +147,27 @@ def test_a_broken_sweep_file_is_refused_naming_the_row(tmp_path: Path, text: str
     path.write_text(text)
     with pytest.raises(ValueError, match=re.escape(message)):
         load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "suffix"),
+    [
+        (True, True, ", AMX + AVX-512-BF16, native bf16"),
+        (False, True, ", AVX-512-BF16, native bf16"),
+        (False, False, ", no native bf16"),
+    ],
+)
+def test_every_figure_names_the_cpu_s_bf16_units(
+    monkeypatch, amx: bool, avx512_bf16: bool, suffix: str
+) -> None:
+    """The Xeon (AMX) and an EPYC with AVX-512-BF16 train slightly different models at other speeds, so
+    the machine line of every benchmark JSON tells them apart, and both from a CPU that emulates bf16."""
+    import torch
+
+    from benchmarks._common import cpu_model
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    name = cpu_model()
+    assert name.endswith(suffix)
+    assert name[: -len(suffix)] and name.count("native bf16") == 1
