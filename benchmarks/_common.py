@@ -76,11 +76,15 @@ def cpu_model() -> str:
     with contextlib.suppress(ImportError, AttributeError):
         import torch
 
-        amx, avx512_bf16 = torch.cpu._is_amx_tile_supported(), torch.cpu._is_avx512_bf16_supported()
-        if amx:
-            name += ", AMX + AVX-512-BF16, native bf16" if avx512_bf16 else ", AMX, native bf16"
-        else:
-            name += ", AVX-512-BF16, native bf16" if avx512_bf16 else ", no native bf16"
+        units = [
+            u
+            for u, on in (
+                ("AMX", torch.cpu._is_amx_tile_supported()),
+                ("AVX-512-BF16", torch.cpu._is_avx512_bf16_supported()),
+            )
+            if on
+        ]
+        name += f", {' + '.join(units)}, native bf16" if units else ", no native bf16"
     return name
 
 
